@@ -1,0 +1,30 @@
+"""edge: take a PyTorch model to a phone or a Raspberry Pi.
+
+    import edge
+    manifests = edge.build(model="mobilenetv2", target="tflite", precision="int8", calib="photos/")
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def build(model: str = "efficientnet_lite0", target: str = "tflite", *, precision: str = "fp32",
+          out: str | None = None, **options) -> dict | list[dict]:
+    """Build `model` for `target` ("all" for every target) and verify it; returns the manifest
+    (a list of manifests for "all"). Options are BuildConfig fields: weights, calib,
+    calib_method, eval, io, input_shape, budget, opset. Raises edge.errors.EdgeError."""
+    from edge.config import BuildConfig
+    from edge.pipeline import build as _build
+    from edge.targets import TARGETS
+
+    targets = tuple(TARGETS.names()) if target == "all" else (TARGETS.get(target).name,)
+    cfg = BuildConfig(model=model, targets=targets, precision=precision, out=out or f"out/{model}", **options)
+    manifests = _build(cfg)
+    return manifests if target == "all" else manifests[0]
+
+
+def verify(out_dir: str, eval: str | None = None) -> list[dict]:
+    """Re-run the parity check of an existing build folder; raises ParityError on a miss."""
+    from edge.pipeline import verify as _verify
+
+    return _verify(out_dir, eval)

@@ -1,0 +1,175 @@
+"""The `edge` command line. Errors become one line and an exit code (2: your input, 1: a
+conversion or parity failure); `--debug` shows the traceback."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from edge.config import BUDGET_KEYS, BuildConfig
+from edge.errors import EdgeError, UserError
+
+log = logging.getLogger("edge")
+
+
+def _shape(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in s.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a shape like 1,3,224,224") from None
+
+
+def _add_budget_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parity budgets (defaults come from the model and precision)")
+    g.add_argument("--max-abs", type=float, help="fp32/fp16: largest allowed absolute output difference")
+    g.add_argument("--min-cosine", type=float, help="smallest allowed output cosine similarity")
+    g.add_argument("--min-top1-agreement", type=float, help="int8: smallest top-1 agreement with fp32 (0-1)")
+    g.add_argument("--min-top5-overlap", type=float, help="int8: smallest top-5 overlap with fp32 (0-1)")
+    g.add_argument("--max-drop", dest="max_top1_drop", type=float,
+                   help="int8 with --eval: largest allowed top-1 drop, in percentage points")
+
+
+def _budget(a: argparse.Namespace) -> dict:
+    return {k: getattr(a, k) for k in BUDGET_KEYS if getattr(a, k, None) is not None}
+
+
+def parser() -> argparse.ArgumentParser:
+    from edge.models import MODELS
+    from edge.targets import TARGETS
+
+    p = argparse.ArgumentParser(prog="edge", description="Take a PyTorch model to a phone or a Raspberry Pi.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and converter logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="export a model to one or all targets, verified in each runtime")
+    b.add_argument("--model", default="efficientnet_lite0",
+                   help=f"a registered model ({', '.join(MODELS.names())}) or path/to/file.py:factory")
+    b.add_argument("--target", default="tflite", help=f"{', '.join(TARGETS.names())}, or all")
+    prec = b.add_mutually_exclusive_group()
+    prec.add_argument("--int8", dest="precision", action="store_const", const="int8", help="post-training int8")
+    prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="fp16 weights")
+    prec.add_argument("--precision", choices=("fp32", "fp16", "int8"))
+    b.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a state-dict file")
+    b.add_argument("--calib", help="int8 calibration: a folder of images or a preprocessed .npy (N,C,H,W)")
+    b.add_argument("--calib-method", help="calibration method (default: each target's best; see README)")
+    b.add_argument("--eval", help="labelled images (ImageFolder tree or folder with labels.csv): "
+                                  "adds top-1/top-5 and the drop to the parity check")
+    b.add_argument("--io", default="float", choices=("float", "int8"), help="tflite int8: input/output type")
+    b.add_argument("--input-shape", type=_shape, help="1,3,H,W (required for a custom model)")
+    b.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    b.add_argument("--out", help="output folder (default: out/MODEL)")
+    _add_budget_args(b)
+
+    v = sub.add_parser("verify", help="re-run the parity check of an existing build folder (for CI)")
+    v.add_argument("out_dir")
+    v.add_argument("--eval", help="labelled images to check accuracy on")
+    _add_budget_args(v)
+
+    sub.add_parser("models", help="list the registered models")
+    sub.add_parser("targets", help="list the targets and the precisions each supports")
+    return p
+
+
+def cmd_build(a: argparse.Namespace) -> int:
+    from edge.targets import TARGETS
+
+    targets = tuple(TARGETS.names()) if a.target == "all" else (TARGETS.get(a.target).name,)
+    model_name = a.model.split(":")[0].rsplit("/", 1)[-1].removesuffix(".py")
+    cfg = BuildConfig(model=a.model, targets=targets, precision=a.precision or "fp32", weights=a.weights,
+                      out=a.out or f"out/{model_name}", calib=a.calib, calib_method=a.calib_method,
+                      eval=a.eval, io=a.io, input_shape=a.input_shape, budget=_budget(a), opset=a.opset)
+    from edge.pipeline import build
+
+    for m in build(cfg):
+        print(f"{m['target']:<20} {m['precision']:<5} {m['size_bytes'] / 1e6:8.2f} MB  parity ok  {m['artifact']}")
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from edge.pipeline import verify
+
+    for r in verify(a.out_dir, a.eval, _budget(a)):
+        print(f"{r['artifact']}: parity ok on {r['samples']} samples")
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from edge.models import MODELS
+
+    rows = [("name", "params", "MACs", "input", "weights offline", "description")]
+    for spec in MODELS:
+        params, macs = _count(spec)
+        w = spec.weights
+        offline = "n/a (random)" if w is None else ("yes" if w.locate() else ("no (download)" if w.fetch else "no"))
+        rows.append((spec.name, f"{params / 1e6:.2f}M", f"{macs / 1e6:.0f}M",
+                     "x".join(map(str, spec.input_shape())), offline, spec.description))
+    _table(rows)
+    return 0
+
+
+def cmd_targets(a: argparse.Namespace) -> int:
+    from edge.targets import TARGETS
+
+    rows = [("target", "file", "precisions", "runtime", "not supported")]
+    for t in TARGETS:
+        rows.append((t.name, t.suffix, ",".join(t.precisions), t.runtime,
+                     "; ".join(f"{k}: {v}" for k, v in t.unsupported.items()) or "-"))
+    _table(rows)
+    return 0
+
+
+def _count(spec) -> tuple[int, int]:
+    """Parameters and multiply-accumulates of one forward pass at the default input size."""
+    import torch
+    import torch.nn as nn
+
+    model = spec.build()
+    macs = 0
+
+    def hook(mod, inp, out):
+        nonlocal macs
+        if isinstance(mod, nn.Conv2d):
+            macs += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.Linear):
+            macs += out.numel() * mod.in_features
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(spec.input_shape()))
+    for h in handles:
+        h.remove()
+    return sum(p.numel() for p in model.parameters()), macs
+
+
+def _table(rows) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+COMMANDS = {"build": cmd_build, "verify": cmd_verify, "models": cmd_models, "targets": cmd_targets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="edge: %(message)s")
+    if not args.debug:
+        # Third-party deprecation chatter (torch.ao, the TorchScript ONNX exporter) is not the user's concern.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeError as e:
+        if args.debug:
+            raise
+        print(f"edge: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The small error hierarchy the CLI turns into one line and an exit code.
+
+UserError (exit 2): the input is wrong and the user can fix it.
+EdgeError (exit 1): conversion, runtime or parity failed on valid input.
+"""
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """A failure of conversion, a runtime or a parity check (exit code 1)."""
+
+    exit_code = 1
+
+
+class UserError(EdgeError):
+    """Bad input from the user: unknown name, unreadable file, impossible combination (exit 2)."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(UserError):
+    """An optional dependency is not installed; the message names the install command."""
+
+    def __init__(self, package: str, purpose: str, extra: str | None = None):
+        install = f"pip install 'edge[{extra}]'" if extra else f"pip install {package}"
+        super().__init__(f"{purpose} needs the Python package '{package}', which is not installed; "
+                         f"install it with: {install}")
+
+
+class ConversionError(EdgeError):
+    """An exporter or converter failed."""
+
+
+class ParityError(EdgeError):
+    """An artifact disagrees with the reference model by more than its budget."""
+
+
+def require(module: str, purpose: str, package: str | None = None, extra: str | None = None):
+    """Import an optional heavy dependency, or raise an error that says how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # a missing package, or one broken by a bad install
+        if e.name and not module.startswith(e.name.split(".")[0]) and e.name != module:
+            raise MissingDependencyError(e.name.split(".")[0], purpose, extra) from e
+        raise MissingDependencyError(package or module.split(".")[0], purpose, extra) from e
