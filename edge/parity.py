@@ -30,7 +30,7 @@ class ParityReport:
 
 
 def _round(v):
-    return round(float(v), 6) if isinstance(v, (float, np.floating)) else v
+    return float(f"{float(v):.6g}") if isinstance(v, (float, np.floating)) else v
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

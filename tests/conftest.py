@@ -1,0 +1,72 @@
+"""Shared fixtures. Tests are offline: models without offline weights get random weights whose
+batch-norm statistics are re-estimated on the built-in photos, so their outputs have a real
+spread (plain random init gives near-constant logits that no parity check can judge)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge.data import BUILTIN_CALIB_DIR, load_images
+from edge.models import MODELS, load_model
+
+SHARED = Path(os.environ.get("EDGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+IMAGENET_SAMPLE = SHARED / "imagenet-sample"
+
+
+def small_size(spec) -> int:
+    """The smallest input at which the model still has a meaningful spatial extent."""
+    return max(spec.min_input_size, 64) if spec.name != "tiny" else 32
+
+
+def bn_recalibrated_state(name: str, size: int, seed: int = 0) -> dict:
+    spec = MODELS.get(name)
+    torch.manual_seed(seed)
+    model = spec.build(size)
+    x = torch.from_numpy(load_images(sorted(BUILTIN_CALIB_DIR.glob("*.jpg")), spec.preprocess.at(size),
+                                     ("center", "flip", "tl", "br")))
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the passes below
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(x)
+    return model.eval().state_dict()
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory):
+    """weights_file(model_name, size) -> path of a state dict that fits that model."""
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("weights")
+
+    def make(name: str, size: int) -> str:
+        key = (name, size)
+        if key not in cache:
+            path = root / f"{name}-{size}.pt"
+            torch.save(bn_recalibrated_state(name, size), path)
+            cache[key] = str(path)
+        return cache[key]
+    return make
+
+
+def offline_weights(name: str) -> bool:
+    w = MODELS.get(name).weights
+    return bool(w and w.locate())
+
+
+@pytest.fixture
+def imagenet_sample() -> Path:
+    if not (IMAGENET_SAMPLE / "labels.csv").exists():
+        pytest.skip(f"real-data check: {IMAGENET_SAMPLE} is absent (it is provided beside the repository)")
+    return IMAGENET_SAMPLE
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

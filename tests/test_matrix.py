@@ -1,0 +1,74 @@
+"""End to end: every registered model x target x precision, generated from the registries, at
+small input sizes. Each build runs the artifact in its own runtime and checks parity against
+PyTorch; a build that misses its budget raises, so these tests fail on a real regression."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge.config import BuildConfig
+from edge.models import MODELS
+from edge.pipeline import build, verify
+from edge.targets import PRECISIONS, TARGETS
+
+from conftest import offline_weights, small_size
+
+# Combinations that cannot be built, with the reason (from each target's own declaration).
+UNSUPPORTED = {(t.name, p): t.unsupported.get(p, "not implemented")
+               for t in TARGETS for p in PRECISIONS if p not in t.precisions}
+
+CASES = [pytest.param(m, t, p, id=f"{m}-{t}-{p}",
+                      marks=[pytest.mark.skip(reason=UNSUPPORTED[(t, p)])] if (t, p) in UNSUPPORTED else [])
+         for m in MODELS.names() for t in TARGETS.names() for p in PRECISIONS]
+
+# Random-weight models are judged by looser int8 agreement: their logits are close together, so
+# a tiny quantization error flips the argmax far more often than on a trained network. The real
+# accuracy bar is tests/test_accuracy.py on EfficientNet-Lite0 with its ImageNet weights.
+RANDOM_INT8_BUDGET = {"min_top1_agreement": 0.4, "min_top5_overlap": 0.4, "min_cosine": 0.9}
+
+
+@pytest.mark.parametrize("model,target,precision", CASES)
+def test_build_matrix(model, target, precision, tmp_path, weights_file):
+    spec = MODELS.get(model)
+    size = small_size(spec)
+    real = offline_weights(model)
+    cfg = BuildConfig(model=model, targets=(target,), precision=precision, out=str(tmp_path / "out"),
+                      weights="imagenet" if real else weights_file(model, size), input_shape=(1, 3, size, size),
+                      budget={} if (real or precision != "int8") else RANDOM_INT8_BUDGET)
+    [m] = build(cfg)
+    out = tmp_path / "out"
+    assert (out / m["artifact"]).stat().st_size == m["size_bytes"]
+    assert json.loads((out / "manifest.json").read_text()) == m
+    assert m["parity"]["passed"] and m["precision"] == precision and m["target"] == target
+    assert (m["calibration"] is not None) == (precision == "int8")
+    assert sorted(p.name for p in out.iterdir()) == sorted([m["artifact"], "manifest.json"])
+
+
+def test_unsupported_combinations_are_declared():
+    """Every target declares why it lacks a precision, so users and this matrix get a reason."""
+    assert UNSUPPORTED, "the matrix should list at least one unsupported combination"
+    for (t, p), why in UNSUPPORTED.items():
+        assert why != "not implemented", f"{t} {p} needs a stated reason"
+
+
+def test_target_all_calibrates_once_and_verify_passes(tmp_path, weights_file):
+    """--target all: one calibration set feeds every target; `edge verify` re-checks the folder."""
+    cfg = BuildConfig(model="tiny", targets=tuple(TARGETS.names()), precision="int8", out=str(tmp_path),
+                      weights=weights_file("tiny", 32), budget=RANDOM_INT8_BUDGET)
+    manifests = build(cfg)
+    assert [m["target"] for m in manifests] == TARGETS.names()
+    hashes = {m["calibration"]["sha256_of_sample_list"] for m in manifests}
+    counts = {m["calibration"]["count"] for m in manifests}
+    assert len(hashes) == 1 and len(counts) == 1
+    reports = verify(tmp_path)
+    assert len(reports) == len(manifests) and all(r["passed"] for r in reports)
+
+
+def test_tflite_int8_io(tmp_path, weights_file):
+    cfg = BuildConfig(model="tiny", targets=("tflite",), precision="int8", io="int8", out=str(tmp_path),
+                      weights=weights_file("tiny", 32), budget=RANDOM_INT8_BUDGET)
+    [m] = build(cfg)
+    assert m["input"]["dtype"] == "int8" and m["output"]["dtype"] == "int8"
+    assert m["input"]["layout"] == "NHWC" and isinstance(m["input"]["scale"], float)
+    assert isinstance(m["output"]["zero_point"], int)
