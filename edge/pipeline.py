@@ -66,7 +66,7 @@ def build(config: BuildConfig) -> list[dict]:
     shape = tuple(config.input_shape) if config.input_shape else spec.input_shape()
     targets = [TARGETS.get(t) for t in config.targets]
     for t in targets:
-        t.check(config.precision, config.io)
+        t.check(config.precision, config.io, config.calib_method)
     out = Path(config.out)
     _prepare_out(out)
 

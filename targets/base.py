@@ -73,12 +73,31 @@ class ExportContext:
             except Exception as e:
                 raise ConversionError(f"torch.onnx.export failed: {e.__class__.__name__}: "
                                       f"{str(e).splitlines()[0] if str(e) else ''}") from e
+            _simplify(path)
             self._onnx = path
         return self._onnx
 
     def copy(self, src: Path, dst: Path) -> Path:
         shutil.copyfile(src, dst)
         return dst
+
+
+def _simplify(path: Path) -> None:
+    """Constant-fold the exported graph with onnxsim. The TorchScript exporter writes each
+    ZeroPad2d as a Pad fed by a Concat/Slice/Transpose subgraph; folded, the pads merge into
+    the Conv, which onnx2tf then converts correctly (unfolded, it pads the batch axis) and
+    which quantizes as one op."""
+    from edge.errors import ConversionError, require
+
+    onnx = require("onnx", "ONNX export", extra="onnx")
+    onnxsim = require("onnxsim", "ONNX graph simplification", extra="onnx")
+    try:
+        model, ok = onnxsim.simplify(onnx.load(str(path)))
+    except Exception as e:
+        raise ConversionError(f"onnxsim could not simplify the exported graph: {str(e).splitlines()[0][:160]}") from e
+    if not ok:
+        raise ConversionError("onnxsim's simplified graph does not match the exported one")
+    onnx.save(model, str(path))
 
 
 class Target(Protocol):
@@ -88,7 +107,10 @@ class Target(Protocol):
     runtime: str  # what runs the artifact
     unsupported: dict[str, str]  # precision or option -> why not
 
-    def check(self, precision: str, io: str) -> None:
+    def calib_methods(self) -> tuple[str, ...]:
+        """int8 calibration methods this target offers; the first is its default."""
+
+    def check(self, precision: str, io: str, calib_method: str | None = None) -> None:
         """Raise UserError for a combination this target cannot build."""
 
     def export(self, ctx: ExportContext, precision: str, out: Path) -> Exported: ...
@@ -115,7 +137,7 @@ def pkg_version(dist: str) -> str | None:
         return None
 
 
-def check_common(target: Target, precision: str, io: str) -> None:
+def check_common(target: Target, precision: str, io: str, calib_method: str | None = None) -> None:
     from edge.errors import UserError
 
     if precision not in target.precisions:
@@ -125,3 +147,6 @@ def check_common(target: Target, precision: str, io: str) -> None:
     if io != "float" and not (precision == "int8" and "io-int8" not in target.unsupported):
         why = target.unsupported.get("io-int8", "integer input/output needs --int8")
         raise UserError(f"--io {io} is not possible for {target.name} {precision}: {why}; use --io float")
+    if calib_method is not None and calib_method not in target.calib_methods():
+        raise UserError(f"--calib-method {calib_method} is not available for {target.name}; "
+                        f"choose one of {', '.join(target.calib_methods())}")

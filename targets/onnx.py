@@ -38,8 +38,13 @@ class Onnx:
         "io-int8": "the QDQ graph takes and returns float tensors; use --target tflite for int8 I/O",
     }
 
-    def check(self, precision: str, io: str) -> None:
-        check_common(self, precision, io)
+    def calib_methods(self) -> tuple[str, ...]:
+        from edge.quantize.onnx_ptq import DEFAULT_METHOD, METHODS
+
+        return (DEFAULT_METHOD, *(m for m in METHODS if m != DEFAULT_METHOD))
+
+    def check(self, precision: str, io: str, calib_method: str | None = None) -> None:
+        check_common(self, precision, io, calib_method)
         require("onnxruntime", "the onnx target", extra="onnx")
 
     def export(self, ctx: ExportContext, precision: str, out: Path) -> Exported:

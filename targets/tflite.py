@@ -80,12 +80,17 @@ class TFLite:
     runtime = "TFLite interpreter (ai-edge-litert / tflite-runtime)"
     unsupported = {}
 
-    def check(self, precision: str, io: str) -> None:
-        check_common(self, precision, io)
-        for mod, pkg in (("onnx2tf", "onnx2tf"), ("tensorflow", "tensorflow")):
-            try:
-                __import__("importlib.util").util.find_spec(mod) or _missing(pkg)
-            except ModuleNotFoundError:
+    def calib_methods(self) -> tuple[str, ...]:
+        # The TFLite converter's calibrator records each tensor's min and max over the
+        # representative dataset; it offers no other method.
+        return ("minmax",)
+
+    def check(self, precision: str, io: str, calib_method: str | None = None) -> None:
+        check_common(self, precision, io, calib_method)
+        import importlib.util
+
+        for pkg in ("onnx2tf", "tensorflow", "onnxsim"):
+            if importlib.util.find_spec(pkg) is None:
                 _missing(pkg)
 
     def export(self, ctx: ExportContext, precision: str, out: Path) -> Exported:
@@ -112,7 +117,8 @@ class TFLite:
         return Exported(out, _spec(i, "NHWC"), _spec(o), {
             "converter": "onnx2tf (Keras graph) + tf.lite.TFLiteConverter",
             "quantization": {"mode": "full-integer" if precision == "int8" else precision,
-                             "per_channel": True, "calibration": "TFLite converter (min/max per tensor)",
+                             "per_channel": True, "method": "minmax",
+                             "calibration": "TFLite converter (min/max per tensor over the calibration set)",
                              "io": ctx.io} if precision == "int8" else {"mode": precision},
         })
 

@@ -40,8 +40,13 @@ class TorchScriptMobile:
         "io-int8": "quantized models take and return float tensors in the lite interpreter",
     }
 
-    def check(self, precision: str, io: str) -> None:
-        check_common(self, precision, io)
+    def calib_methods(self) -> tuple[str, ...]:
+        from edge.quantize.torch_ptq import DEFAULT_METHOD, METHODS
+
+        return (DEFAULT_METHOD, *(m for m in METHODS if m != DEFAULT_METHOD))
+
+    def check(self, precision: str, io: str, calib_method: str | None = None) -> None:
+        check_common(self, precision, io, calib_method)
 
     def export(self, ctx: ExportContext, precision: str, out: Path) -> Exported:
         example = torch.zeros(ctx.input_shape)
