@@ -153,7 +153,9 @@ COMMANDS = {"build": cmd_build, "verify": cmd_verify, "models": cmd_models, "tar
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="edge: %(message)s")
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="edge: %(message)s")
+    logging.getLogger().handlers[0].addFilter(lambda r: r.name.startswith("edge"))
     if not args.debug:
         # Third-party deprecation chatter (torch.ao, the TorchScript ONNX exporter) is not the user's concern.
         warnings.filterwarnings("ignore", category=DeprecationWarning)

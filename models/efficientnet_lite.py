@@ -123,5 +123,8 @@ register_model(ModelSpec(
         top1=75.1,
     ),
     min_input_size=32,
+    # Its logits reach about 20: fp16 weights' relative rounding (~1e-3) moves them by up to
+    # ~0.3 while the cosine stays above 0.9999.
+    budgets={"fp16": {"max_abs": 0.5}},
     description="EfficientNet-Lite0: the edge variant of EfficientNet (ReLU6, no SE)",
 ))

@@ -9,6 +9,7 @@ would otherwise download, so it runs offline."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -50,10 +51,24 @@ class TFLiteRunner:
         try:
             self.interp = cls(model_path=str(path), num_threads=threads)
             self.interp.allocate_tensors()
-        except Exception as e:
-            raise UserError(f"{path} is not a loadable TFLite model: {str(e).splitlines()[0][:160]}") from None
+        except Exception as e:  # noqa: BLE001 - the interpreters raise ValueError or RuntimeError
+            if "XNNPACK" not in str(e):
+                raise UserError(f"{path} is not a loadable TFLite model: {_first(e)}") from None
+            # XNNPACK refuses some int8 graphs (quantization scales outside the ranges its
+            # kernels accept); TFLite's built-in kernels run them. Recorded in the runtime name.
+            self.interp = self._without_xnnpack(path, threads)
+            self.runtime += " (built-in kernels: XNNPACK refused the graph)"
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
+
+    @staticmethod
+    def _without_xnnpack(path: Path, threads: int | None):
+        cls, name = interpreter_class()
+        mod = __import__(cls.__module__, fromlist=["OpResolverType"])
+        interp = cls(model_path=str(path), num_threads=threads,
+                     experimental_op_resolver_type=mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp.allocate_tensors()
+        return interp
 
     def _one(self, x: np.ndarray) -> np.ndarray:
         x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC
@@ -94,9 +109,9 @@ class TFLite:
                 _missing(pkg)
 
     def export(self, ctx: ExportContext, precision: str, out: Path) -> Exported:
-        onnx_path = ctx.onnx_fp32()
         work = ctx.workdir / "tflite"
         work.mkdir(exist_ok=True)
+        onnx_path = _edge_padded_maxpool(ctx.onnx_fp32(), work / "model.onnx")
         _write_sample(work, ctx)
         job = {"onnx": str(onnx_path), "out": str(out), "precision": precision, "io": ctx.io,
                "calib": None}
@@ -107,11 +122,14 @@ class TFLite:
         proc = subprocess.run([sys.executable, "-m", "edge.targets.tflite", str(work / "job.json")],
                               cwd=work, capture_output=True, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        (work / "convert.log").write_text(proc.stdout + proc.stderr)
+        logging.getLogger("edge").debug("onnx2tf/TFLite conversion log:\n%s", proc.stdout + proc.stderr)
+        if proc.returncode < 0:
+            raise ConversionError(f"the TFLite interpreter crashed (signal {-proc.returncode}) running the "
+                                  f"converted {precision} model; try another --calib-method or precision")
         if proc.returncode != 0 or not out.exists():
             last = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
             raise ConversionError(f"onnx2tf/TFLite conversion failed: {last[-1][:200] if last else 'no output'} "
-                                  f"(full log: rerun with --debug)")
+                                  f"(rerun with --debug for the converter log)")
         runner = TFLiteRunner(out)
         i, o = runner.inp, runner.out
         return Exported(out, _spec(i, "NHWC"), _spec(o), {
@@ -133,6 +151,11 @@ class TFLite:
                 "tflite_interpreter": f"{name} {interp}"}
 
 
+def _first(e: Exception) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:200] if s else e.__class__.__name__
+
+
 def _missing(pkg: str):
     raise UserError(f"the tflite target needs the Python package '{pkg}', which is not installed; "
                     f"install it with: pip install 'edge[tflite]' (onnx2tf with --no-deps, see README)")
@@ -143,6 +166,39 @@ def _spec(d: dict, layout: str | None = None) -> TensorSpec:
     quant = d["dtype"] != np.float32
     return TensorSpec(d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, layout,
                       float(scale) if quant else None, int(zp) if quant else None)
+
+
+def _edge_padded_maxpool(src: Path, dst: Path) -> Path:
+    """Rewrite each padded MaxPool as an edge-mode Pad followed by an unpadded MaxPool.
+
+    onnx2tf pads a MaxPool with float32's lowest value; int8 calibration then sees -3.4e38 and
+    gives the tensor a scale of about 1e36, which crashes the TFLite kernels (ResNet18 and
+    ShuffleNetV2 did here). Edge padding gives the same maximum: PyTorch allows pad <= k/2, so
+    every window that reaches into the padding also covers the border value it replicates."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        pads = list(attrs.get("pads", []))
+        if (node.op_type != "MaxPool" or not any(pads) or attrs.get("ceil_mode", 0)
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(pads) != 4):
+            nodes.append(node)
+            continue
+        name = f"{node.name or node.output[0]}_edge_pad"
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64), f"{name}_pads"))
+        nodes.append(helper.make_node("Pad", [node.input[0], f"{name}_pads"], [f"{name}_out"], name=name, mode="edge"))
+        del node.attribute[:]
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items() if k != "pads")
+        node.input[0] = f"{name}_out"
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return dst
 
 
 def _write_sample(work: Path, ctx: ExportContext) -> None:
@@ -191,6 +247,10 @@ def _convert(job: dict) -> None:
     tmp = job["out"] + ".partial"
     with open(tmp, "wb") as f:
         f.write(blob)
+    # Run it once here: a TFLite kernel that rejects the graph aborts the whole process, and
+    # this child is the one to lose, not the build.
+    runner = TFLiteRunner(Path(tmp))
+    runner.run(np.zeros((1, spec.shape[3], spec.shape[1], spec.shape[2]), np.float32))
     os.replace(tmp, job["out"])
 
 

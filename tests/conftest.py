@@ -27,15 +27,14 @@ def bn_recalibrated_state(name: str, size: int, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     model = spec.build(size)
     x = torch.from_numpy(load_images(sorted(BUILTIN_CALIB_DIR.glob("*.jpg")), spec.preprocess.at(size),
-                                     ("center", "flip", "tl", "br")))
+                                     ("center", "flip")))
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
-            m.momentum = None  # cumulative average over the passes below
+            m.momentum = None  # a plain average over the batch below
     model.train()
     with torch.no_grad():
-        for _ in range(2):
-            model(x)
+        model(x)
     return model.eval().state_dict()
 
 
