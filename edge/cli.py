@@ -67,6 +67,20 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--eval", help="labelled images to check accuracy on")
     _add_budget_args(v)
 
+    be = sub.add_parser("bench", help="time artifacts (each in a fresh process): size, load, latency, memory")
+    be.add_argument("paths", nargs="+", metavar="PATH", help="artifacts, or build folders with manifests")
+    be.add_argument("--threads", type=int, help="runtime threads (default: the runtime's own choice)")
+    be.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    be.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
+    be.add_argument("--pin", metavar="CPUS", help="pin to CPUs with taskset, e.g. 0 or 0-1")
+    be.add_argument("--input-shape", type=_shape, help="input shape for an artifact without a manifest")
+    be.add_argument("--json", metavar="FILE", help="also write the results and the machine fingerprint here")
+
+    dev = sub.add_parser("device", help="tools for running on a device")
+    dsub = dev.add_subparsers(dest="device_command", required=True)
+    dr = dsub.add_parser("runner", help="write the standalone on-device runner (stdlib + numpy + one runtime)")
+    dr.add_argument("--out", required=True, help="folder to write runner.py and its README into")
+
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("targets", help="list the targets and the precisions each supports")
     return p
@@ -92,6 +106,28 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     for r in verify(a.out_dir, a.eval, _budget(a)):
         print(f"{r['artifact']}: parity ok on {r['samples']} samples")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from edge.bench import bench, format_table, write_json
+
+    results = bench(a.paths, threads=a.threads, runs=a.runs, warmup=a.warmup, pin=a.pin,
+                    input_shape=a.input_shape, progress=not a.quiet)
+    print(format_table(results))
+    if a.json:
+        write_json(results, a.json)
+    return 0
+
+
+def cmd_device(a: argparse.Namespace) -> int:
+    from edge.device import write_runner
+
+    try:
+        path = write_runner(a.out)
+    except OSError as e:
+        raise UserError(f"cannot write the runner to {a.out} ({e.strerror}); pass a writable --out") from None
+    print(f"wrote {path} and {path.with_name('README.md')}; copy both to the device")
     return 0
 
 
@@ -148,7 +184,8 @@ def _table(rows) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-COMMANDS = {"build": cmd_build, "verify": cmd_verify, "models": cmd_models, "targets": cmd_targets}
+COMMANDS = {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench, "device": cmd_device,
+            "models": cmd_models, "targets": cmd_targets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,198 @@
+"""`edge bench PATH...`: time artifacts with the on-device runner (edge/device/runner.py), each in
+a fresh process, so that one runtime's thread pools and memory do not colour another's figures.
+
+PATH is an artifact, or a build folder with manifest.json files (in it or in its subfolders)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge import manifest as mf
+from edge.errors import EdgeError, UserError
+
+SCHEMA = "edge-bench/1"
+RUNNER = Path(__file__).with_name("device") / "runner.py"
+ERROR_PREFIX = "runner: error: "
+
+
+@dataclass(frozen=True)
+class Job:
+    """One artifact to time, with its manifest when it has one."""
+
+    artifact: Path
+    manifest_path: Path | None = None
+    manifest: dict | None = None
+
+    def summary(self) -> dict | None:
+        m = self.manifest
+        return {k: m.get(k) for k in ("target", "precision", "model")} if m else None
+
+
+def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmup: int = 5,
+          pin: str | None = None, input_shape: tuple | None = None, progress: bool = True) -> list[dict]:
+    """Time every artifact under `paths`, each in its own process; returns the runner's result
+    dicts, each with a `manifest` summary (target, precision, model; None without a manifest).
+    `pin` is a CPU list for taskset ("0", "2-3"). Raises UserError for bad input."""
+    _check_counts(threads, runs, warmup)
+    jobs = [job for p in paths for job in collect(Path(p), input_shape)]
+    prefix = _taskset(pin) if pin is not None else []
+    options = _runner_options(threads, runs, warmup, input_shape)
+    results = []
+    for i, job in enumerate(jobs, 1):
+        if progress:
+            print(f"edge: bench [{i}/{len(jobs)}] {_label(job.artifact)}: {warmup} warm-up + {runs} timed runs",
+                  file=sys.stderr, flush=True)
+        results.append(run_runner(job, prefix, options) | {"manifest": job.summary()})
+    return results
+
+
+def collect(path: Path, input_shape: tuple | None) -> list[Job]:
+    """The artifacts a PATH names: itself, or every artifact with a manifest below a folder."""
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if path.is_dir():
+        return [_job_from_manifest(m) for m in _manifests(path)]
+    beside = path.parent / mf.MANIFEST
+    if beside.is_file():
+        m = mf.read(beside)
+        if m.get("artifact") == path.name:
+            return [Job(path, beside, m)]
+    if input_shape is None:
+        raise UserError(f"{path} has no manifest.json; pass --input-shape 1,3,H,W")
+    return [Job(path)]
+
+
+def _manifests(folder: Path) -> list[Path]:
+    found = sorted(p for p in folder.rglob(mf.MANIFEST)
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not found:
+        raise UserError(f"no manifest.json in {folder} or its subfolders; is it an `edge build` output folder?")
+    return found
+
+
+def _job_from_manifest(path: Path) -> Job:
+    m = mf.read(path)
+    if not isinstance(m.get("artifact"), str):
+        raise UserError(f"{path} is not an edge manifest (no 'artifact')")
+    artifact = path.parent / m["artifact"]
+    if not artifact.is_file():
+        raise UserError(f"{path} describes {m['artifact']}, which is missing")
+    return Job(artifact, path, m)
+
+
+def _check_counts(threads: int | None, runs: int, warmup: int) -> None:
+    if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
+        raise UserError(f"bench needs runs >= 1, warmup >= 0 and threads >= 1 "
+                        f"(got runs={runs}, warmup={warmup}, threads={threads})")
+
+
+def _taskset(pin: str) -> list[str]:
+    """The taskset prefix that pins the runner to the CPUs in `pin`, after checking they exist."""
+    if shutil.which("taskset") is None:
+        raise UserError("--pin needs taskset, which is not installed (util-linux); drop --pin or install it")
+    cpus = _cpu_list(pin)
+    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    if not cpus:
+        raise UserError(f"--pin {pin!r} names no CPU; pass a CPU list like 0 or 0,2-3")
+    if not cpus <= available:
+        raise UserError(f"--pin {pin}: CPUs {sorted(cpus - available)} are not available here; "
+                        f"choose from {sorted(available)}")
+    return ["taskset", "-c", pin]
+
+
+def _cpu_list(pin: str) -> set[int]:
+    """'0,2-3' -> {0, 2, 3}."""
+    cpus: set[int] = set()
+    try:
+        for part in pin.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UserError(f"--pin {pin!r} is not a CPU list like 0 or 0,2-3") from None
+    return cpus
+
+
+def _runner_options(threads: int | None, runs: int, warmup: int, input_shape: tuple | None) -> list[str]:
+    opts = ["--runs", str(runs), "--warmup", str(warmup)]
+    if threads is not None:
+        opts += ["--threads", str(threads)]
+    if input_shape is not None:
+        opts += ["--input-shape", ",".join(str(d) for d in input_shape)]
+    return opts
+
+
+def run_runner(job: Job, prefix: list[str], options: list[str]) -> dict:
+    """Run runner.py on one artifact in a fresh process and return its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [*prefix, sys.executable, str(RUNNER), str(job.artifact), *options, "--json", str(out)]
+        if job.manifest_path is not None:
+            cmd += ["--manifest", str(job.manifest_path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        if proc.returncode != 0:
+            raise _failure(job.artifact, proc)
+        return json.loads(out.read_text())
+
+
+def _failure(artifact: Path, proc: subprocess.CompletedProcess) -> EdgeError:
+    """The runner's one-line error as a UserError (exit 2) or an EdgeError (anything else)."""
+    if proc.returncode < 0:
+        return EdgeError(f"the runner crashed on {artifact} (signal {-proc.returncode})")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln.removeprefix(ERROR_PREFIX) for ln in lines if ln.startswith(ERROR_PREFIX)]
+    message = errors[-1] if errors else (lines[-1] if lines else f"exit code {proc.returncode}")
+    cls = UserError if proc.returncode == 2 else EdgeError
+    return cls(f"bench {artifact}: {message}")
+
+
+def format_table(results: list[dict]) -> str:
+    """A terminal table, one row per result."""
+    header = ("artifact", "format", "precision", "size MB", "load ms", "first ms", "mean ms", "std",
+              "p50", "p90", "p99", "peak RSS MB", "threads")
+    rows = [header, *(_row(r) for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _row(r: dict) -> tuple[str, ...]:
+    lat, rss = r["latency_ms"], r.get("peak_rss_bytes")
+    precision = (r.get("manifest") or {}).get("precision") or "-"
+    return (_label(Path(r["path"])), r["format"], precision, f"{r['size_bytes'] / 1e6:.2f}", _ms(r["load_ms"]),
+            _ms(r["first_inference_ms"]), *(_ms(lat[k]) for k in ("mean", "std", "p50", "p90", "p99")),
+            f"{rss / 1e6:.1f}" if rss is not None else "-",
+            str(r["threads"]) if r.get("threads") is not None else "default")
+
+
+def _ms(v: float) -> str:
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
+
+
+def _label(artifact: Path) -> str:
+    """parent/file: enough to tell the targets of one build apart."""
+    return f"{artifact.parent.name}/{artifact.name}" if artifact.parent.name else artifact.name
+
+
+def host_environment() -> dict:
+    """The machine the bench ran on, with tool versions and the load at the time."""
+    return {"date": mf.now(), "machine": mf.machine(), "python": platform.python_version(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "versions": mf.all_versions()}
+
+
+def write_json(results: list[dict], path: str | Path) -> None:
+    """Write {"schema", "results", "environment"} atomically to `path`."""
+    data = {"schema": SCHEMA, "results": results, "environment": host_environment()}
+    try:
+        mf.write_json_atomic(Path(path), data)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); pass a writable path") from None
