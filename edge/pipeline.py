@@ -80,7 +80,7 @@ def build(config: BuildConfig) -> list[dict]:
 
     manifests, failures = [], []
     with tempfile.TemporaryDirectory(prefix=".edge-build-", dir=out) as staging:
-        staging = Path(staging)
+        staging = Path(staging).resolve()  # exporters may run tools in other working folders
         ctx = ExportContext(model, shape, staging, calib.x if calib else None, config.calib_method,
                             config.io, config.opset)
         for i, target in enumerate(targets, 1):

@@ -109,11 +109,11 @@ class TFLite:
                 _missing(pkg)
 
     def export(self, ctx: ExportContext, precision: str, out: Path) -> Exported:
-        work = ctx.workdir / "tflite"
+        work = (ctx.workdir / "tflite").resolve()
         work.mkdir(exist_ok=True)
         onnx_path = _edge_padded_maxpool(ctx.onnx_fp32(), work / "model.onnx")
         _write_sample(work, ctx)
-        job = {"onnx": str(onnx_path), "out": str(out), "precision": precision, "io": ctx.io,
+        job = {"onnx": str(onnx_path), "out": str(out.resolve()), "precision": precision, "io": ctx.io,
                "calib": None}
         if precision == "int8":
             np.save(work / "calib_nhwc.npy", ctx.calib.transpose(0, 2, 3, 1).astype(np.float32))
