@@ -69,10 +69,12 @@ def test_target_all_calibrates_once_and_verify_passes(tmp_path, weights_file):
     assert len(reports) == len(manifests) and all(r["passed"] for r in reports)
 
 
-def test_tflite_int8_io(tmp_path, weights_file):
-    cfg = BuildConfig(model="tiny", targets=("tflite",), precision="int8", io="int8", out=str(tmp_path),
+def test_tflite_int8_io_with_a_relative_out(tmp_path, weights_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the converter runs in its own folder; a relative --out must still work
+    cfg = BuildConfig(model="tiny", targets=("tflite",), precision="int8", io="int8", out="rel/out",
                       weights=weights_file("tiny", 32), budget=RANDOM_INT8_BUDGET)
     [m] = build(cfg)
+    assert (tmp_path / "rel" / "out" / m["artifact"]).is_file()
     assert m["input"]["dtype"] == "int8" and m["output"]["dtype"] == "int8"
     assert m["input"]["layout"] == "NHWC" and isinstance(m["input"]["scale"], float)
     assert isinstance(m["output"]["zero_point"], int)
