@@ -5,7 +5,9 @@ into Conv; a pass over the calibration data gives activation ranges (min/max, or
 and each Conv/Gemm input's mean and covariance. Weights (int8, symmetric) are rounded up or down to
 minimise the layer's output error E[(dW x)^2] (AdaRound's quadratic objective, Nagel et al. 2020,
 solved greedily) instead of to the nearest level, and biases absorb the remaining mean error E[dW x]
-(bias correction, Nagel et al. 2019). quantize_static then writes QDQ with uint8 activations.
+(bias correction, Nagel et al. 2019). quantize_static then writes QDQ with uint8 activations; Clip/Relu
+fold into the preceding Conv's output quantization, and Gemm outputs (the scores) stay float, which
+onnxruntime's QGemm writes directly.
 """
 from __future__ import annotations
 
@@ -85,8 +87,10 @@ def _quantize(fp32_path, out_path, calib, *, method, per_channel, nodes_to_exclu
                            "nearest on the rest" if adaround else "nearest",
         "bias_correction": f"{done['corrected']} layers" if bias_correction else "none",
         "float_outputs": "Gemm (QGemm writes float)" if float_logits else "none",
-        "excluded_nodes": list(nodes_to_exclude),
-        "seconds": round(time.time() - start, 1),
+        "excluded_nodes": list(nodes_to_exclude), "seconds": round(time.time() - start, 1),
+        # onnxruntime's WeightBiasQuantization pass would re-quantize (per tensor) an fp32 Conv/Gemm between
+        # DequantizeLinear and QuantizeLinear when the session loads: excluded nodes need it switched off
+        **({"session_disabled_optimizers": ["WeightBiasQuantization"]} if nodes_to_exclude else {}),
     }
 
 
