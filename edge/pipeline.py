@@ -56,6 +56,9 @@ def _check_set(cfg: BuildConfig, spec: ModelSpec, shape, reference: TorchRunner,
         x = load_images(ds.paths, pre)
         log.info("reference: %s on %d labelled images from %s", spec.name, len(x), cfg.eval)
         return Check(x, reference.run(x), f"eval {cfg.eval}", labels)
+    if len(parity.x) < 50:
+        log.warning("parity is checked on %d held-out samples only; pass --eval DIR (labelled images) "
+                    "for an accuracy check", len(parity.x))
     return Check(parity.x, reference.run(parity.x), parity.source)
 
 

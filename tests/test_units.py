@@ -134,7 +134,7 @@ def test_list_images_is_sorted_and_recursive(tmp_path):
 def test_builtin_calibration_and_parity_sets_are_disjoint():
     pre = MODELS.get("tiny").preprocess
     cal, par = calibration_and_parity(None, pre, (1, 3, 32, 32), need_calib=True, have_eval=False)
-    assert len(cal.x) == 42 and len(par.x) == 12
+    assert len(cal.x) == 36 and len(par.x) == 18
     assert not set(n.split(":")[0] for n in cal.names) & set(n.split(":")[0] for n in par.names)
 
 
