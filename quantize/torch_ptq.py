@@ -2,7 +2,7 @@
 
 FX graph mode (torch.ao.quantization: deprecated, but without torchao the only int8 path to
 TorchScript-mobile) on a copy of the user's eval-mode module. Each choice below was measured on
-EfficientNet-Lite0 (750 ImageNet images, fp32 80.27% top-1; /tmp/research/torch/ in the report):
+EfficientNet-Lite0 (750 ImageNet images, fp32 80.27% top-1; benchmarks/accuracy_int8.py measures the result):
 
 * weights qint8, per-output-channel symmetric: per-tensor weights lose ~6 points on depthwise
   networks. qnnpack runs per-channel conv/linear exactly (checked against a float reference).
