@@ -148,9 +148,9 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_targets(a: argparse.Namespace) -> int:
     from edge.targets import TARGETS
 
-    rows = [("target", "file", "precisions", "runtime", "not supported")]
+    rows = [("target", "file", "precisions", "int8 calibration (default first)", "runtime", "not supported")]
     for t in TARGETS:
-        rows.append((t.name, t.suffix, ",".join(t.precisions), t.runtime,
+        rows.append((t.name, t.suffix, ",".join(t.precisions), ",".join(t.calib_methods()), t.runtime,
                      "; ".join(f"{k}: {v}" for k, v in t.unsupported.items()) or "-"))
     _table(rows)
     return 0

@@ -225,3 +225,17 @@ def test_resolve_custom_model(tmp_path):
     spec = resolve_model(f"{f}:make", (1, 3, 24, 24))
     assert spec.name == "mine" and spec.input_shape() == (1, 3, 24, 24)
     assert load_model(spec, "random")(torch.zeros(1, 3, 24, 24)).shape == (1, 4)
+
+
+def test_cli_lists_models_and_targets_from_the_registries(capsys):
+    from edge.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in MODELS.names():
+        assert name in out
+    assert "efficientnet_lite0  4.65M" in out and "yes" in out  # real weights installed offline
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    for t in TARGETS:
+        assert t.name in out and ",".join(t.calib_methods()) in out
