@@ -15,7 +15,7 @@ import numpy as np
 from edge import manifest as mf
 from edge.config import BuildConfig
 from edge.data import load_images, load_labelled
-from edge.errors import ConversionError, ParityError, UserError
+from edge.errors import ParityError, UserError
 from edge.models import ModelSpec, load_model, resolve_model
 from edge.parity import ParityReport, compare
 from edge.quantize.calibration import Samples, calibration_and_parity
@@ -124,7 +124,7 @@ def _manifest(cfg, spec, shape, target, exported, report, calib, runtime, build_
         "sha256": mf.sha256(exported.path),
         "model": spec.name,
         "weights": cfg.weights,
-        "input": exported.input.to_json(pre.mean, pre.std) | {"shape": list(exported.input.shape)},
+        "input": exported.input.to_json(pre.mean, pre.std),
         "output": exported.output.to_json(),
         "preprocess": {"resize": spec.preprocess.at(shape[2]).resize, "crop": shape[2], "interpolation": "bilinear",
                        "color": "RGB", "mean": list(pre.mean), "std": list(pre.std)},
@@ -196,5 +196,3 @@ def verify(out_dir: str | Path, eval_dir: str | None = None, budget: dict | None
 def _nchw(shape):
     return (shape[0], shape[3], shape[1], shape[2])
 
-
-__all__ = ["build", "verify", "ConversionError"]

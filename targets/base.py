@@ -3,7 +3,6 @@ to an artifact and loads an artifact into a Runner. Nothing outside a target's o
 branches on its name."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -76,10 +75,6 @@ class ExportContext:
             _simplify(path)
             self._onnx = path
         return self._onnx
-
-    def copy(self, src: Path, dst: Path) -> Path:
-        shutil.copyfile(src, dst)
-        return dst
 
 
 def _simplify(path: Path) -> None:

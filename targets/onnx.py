@@ -1,6 +1,7 @@
 """ONNX, run by onnxruntime: fp32, and int8 as a QDQ graph (static input shape, batch 1)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ class Onnx:
             details["quantization"] = quantize_onnx(fp32, out, ctx.calib,
                                                     method=ctx.calib_method or DEFAULT_METHOD)
         else:
-            ctx.copy(fp32, out)
+            shutil.copyfile(fp32, out)
         try:
             graph = onnx.load(str(out), load_external_data=False).graph
         except Exception as e:

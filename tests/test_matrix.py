@@ -29,7 +29,6 @@ CASES = [pytest.param(m, t, p, id=f"{m}-{t}-{p}",
 # every target, while a broken artifact (wrong layout, bad scales) gives far less. The accuracy
 # bar itself is tests/test_accuracy.py: EfficientNet-Lite0 at 224 px on 750 real photos.
 MATRIX_INT8_BUDGET = {"min_top1_agreement": 0.0, "min_top5_overlap": 0.0, "min_cosine": 0.7}
-RANDOM_INT8_BUDGET = MATRIX_INT8_BUDGET
 
 
 @pytest.mark.parametrize("model,target,precision", CASES)
@@ -59,7 +58,7 @@ def test_unsupported_combinations_are_declared():
 def test_target_all_calibrates_once_and_verify_passes(tmp_path, weights_file):
     """--target all: one calibration set feeds every target; `edge verify` re-checks the folder."""
     cfg = BuildConfig(model="tiny", targets=tuple(TARGETS.names()), precision="int8", out=str(tmp_path),
-                      weights=weights_file("tiny", 32), budget=RANDOM_INT8_BUDGET)
+                      weights=weights_file("tiny", 32), budget=MATRIX_INT8_BUDGET)
     manifests = build(cfg)
     assert [m["target"] for m in manifests] == TARGETS.names()
     hashes = {m["calibration"]["sha256_of_sample_list"] for m in manifests}
@@ -72,7 +71,7 @@ def test_target_all_calibrates_once_and_verify_passes(tmp_path, weights_file):
 def test_tflite_int8_io_with_a_relative_out(tmp_path, weights_file, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the converter runs in its own folder; a relative --out must still work
     cfg = BuildConfig(model="tiny", targets=("tflite",), precision="int8", io="int8", out="rel/out",
-                      weights=weights_file("tiny", 32), budget=RANDOM_INT8_BUDGET)
+                      weights=weights_file("tiny", 32), budget=MATRIX_INT8_BUDGET)
     [m] = build(cfg)
     assert (tmp_path / "rel" / "out" / m["artifact"]).is_file()
     assert m["input"]["dtype"] == "int8" and m["output"]["dtype"] == "int8"
