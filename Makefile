@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-slow bench clean
+.PHONY: setup sysdeps runner-venvs run test test-slow test-device bench clean
 
 setup: $(STAMP)
 
@@ -22,17 +22,40 @@ $(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
 run: setup
 	$(BIN)/edge build --model efficientnet_lite0 --target all --int8 --out out/efficientnet_lite0
 
+# Debian packages the device tests use: an sshd on 127.0.0.1 (the `--device ssh://` tests),
+# QEMU user-mode emulation and debootstrap (the emulated Raspberry Pi). Installed only when
+# missing and only as root; without them those tests skip and say why.
+SYSDEPS := openssh-server qemu-user-static debootstrap
+sysdeps:
+	@if [ -x /usr/sbin/sshd ] && [ -x /usr/bin/qemu-aarch64-static ] && command -v debootstrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSDEPS) >/dev/null; \
+	else echo "make: not root or no apt-get; the tests that need $(SYSDEPS) will skip"; fi
+
+# Two small device-like venvs (no torch, no edge) for the on-device runner's contract tests:
+# one with tflite-runtime 2.14 and numpy 1.x, one with ai-edge-litert + onnxruntime and numpy 2.
+RUNNER_VENVS := .venv-runner-tflite-runtime .venv-runner-litert
+runner-venvs: $(addsuffix /.installed,$(RUNNER_VENVS))
+.venv-runner-%/.installed: requirements-runner-%.txt
+	test -x .venv-runner-$*/bin/python || $(PY) -m venv .venv-runner-$*
+	.venv-runner-$*/bin/pip install --quiet -r $<
+	touch $@
+
 # The default run (under 30 minutes on 2 cores); CI also runs test-slow.
-test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+test: setup sysdeps runner-venvs
+	$(BIN)/python -m pytest -q -m "not slow and not pi_emu"
 
 # Real-model checks on ../shared/data (EfficientNet-Lite0 int8 accuracy on every target).
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# The emulated Raspberry Pi (root; builds ~/.cache/edge/pi-emu once, ~10 minutes, then reuses it).
+test-device: setup sysdeps
+	$(BIN)/python -m pytest -q -m pi_emu
 
 bench: setup
 	$(BIN)/python benchmarks/accuracy_int8.py
 	$(BIN)/python benchmarks/build_time_tflite.py
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) $(RUNNER_VENVS) out build *.egg-info

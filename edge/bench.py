@@ -13,9 +13,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge import manifest as mf
 from edge.errors import EdgeError, UserError
+
+if TYPE_CHECKING:
+    from edge.device.remote import Device
 
 SCHEMA = "edge-bench/1"
 RUNNER = Path(__file__).with_name("device") / "runner.py"
@@ -36,20 +40,34 @@ class Job:
 
 
 def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmup: int = 5,
-          pin: str | None = None, input_shape: tuple | None = None, progress: bool = True) -> list[dict]:
+          pin: str | None = None, input_shape: tuple | None = None, progress: bool = True,
+          device: Device | None = None) -> list[dict]:
     """Time every artifact under `paths`, each in its own process; returns the runner's result
-    dicts, each with a `manifest` summary (target, precision, model; None without a manifest).
-    `pin` is a CPU list for taskset ("0", "2-3"). Raises UserError for bad input."""
+    dicts, each with a `manifest` summary (target, precision, model; None without a manifest)
+    and `device` {name, emulated}. `pin` is a CPU list for taskset ("0", "2-3"); `device` runs
+    them on a board over ssh or on the emulated Pi (edge.device.remote). Raises UserError for
+    bad input."""
     _check_counts(threads, runs, warmup)
+    if pin is not None and device is not None:
+        raise UserError("--pin pins host CPUs; on a device, run runner.py under taskset there instead")
     jobs = [job for p in paths for job in collect(Path(p), input_shape)]
     prefix = _taskset(pin) if pin is not None else []
     options = _runner_options(threads, runs, warmup, input_shape)
+    for job in jobs if device else ():
+        device.check(job.artifact)
     results = []
     for i, job in enumerate(jobs, 1):
         if progress:
-            print(f"edge: bench [{i}/{len(jobs)}] {_label(job.artifact)}: {warmup} warm-up + {runs} timed runs",
+            where = f" on {device.label}" if device else ""
+            print(f"edge: bench [{i}/{len(jobs)}] {_label(job.artifact)}{where}: {warmup} warm-up + {runs} timed runs",
                   file=sys.stderr, flush=True)
-        results.append(run_runner(job, prefix, options) | {"manifest": job.summary()})
+        if device is None:
+            r = run_runner(job, prefix, options) | {"device": {"name": "host", "emulated": False}}
+        else:
+            r = device.run(job.artifact, job.manifest_path, options)
+            r |= {"device_path": r["path"], "path": str(job.artifact.resolve()),
+                  "device": {"name": device.label, "emulated": device.emulated}}
+        results.append(r | {"manifest": job.summary()})
     return results
 
 
@@ -155,11 +173,11 @@ def _failure(artifact: Path, proc: subprocess.CompletedProcess) -> EdgeError:
 
 def format_table(results: list[dict]) -> str:
     """A terminal table, one row per result."""
-    header = ("artifact", "format", "precision", "size MB", "load ms", "first ms", "mean ms", "std",
+    header = ("artifact", "device", "format", "precision", "size MB", "load ms", "first ms", "mean ms", "std",
               "p50", "p90", "p99", "peak RSS MB", "threads")
     rows = [header, *(_row(r) for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
     return "\n".join(line.rstrip() for line in lines)
 
@@ -167,7 +185,9 @@ def format_table(results: list[dict]) -> str:
 def _row(r: dict) -> tuple[str, ...]:
     lat, rss = r["latency_ms"], r.get("peak_rss_bytes")
     precision = (r.get("manifest") or {}).get("precision") or "-"
-    return (_label(Path(r["path"])), r["format"], precision, f"{r['size_bytes'] / 1e6:.2f}", _ms(r["load_ms"]),
+    dev = r.get("device") or {"name": "host"}
+    where = dev["name"] + (" (emulated)" if dev.get("emulated") else "")
+    return (_label(Path(r["path"])), where, r["format"], precision, f"{r['size_bytes'] / 1e6:.2f}", _ms(r["load_ms"]),
             _ms(r["first_inference_ms"]), *(_ms(lat[k]) for k in ("mean", "std", "p50", "p90", "p99")),
             f"{rss / 1e6:.1f}" if rss is not None else "-",
             str(r["threads"]) if r.get("threads") is not None else "default")

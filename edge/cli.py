@@ -75,11 +75,21 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--pin", metavar="CPUS", help="pin to CPUs with taskset, e.g. 0 or 0-1")
     be.add_argument("--input-shape", type=_shape, help="input shape for an artifact without a manifest")
     be.add_argument("--json", metavar="FILE", help="also write the results and the machine fingerprint here")
+    g = be.add_argument_group("on a device")
+    g.add_argument("--device", metavar="DEVICE", help="ssh://user@host[:port] (a real board) or pi-emu "
+                   "(the emulated Pi: outputs checked against the host, timings emulated)")
+    g.add_argument("--device-python", default="python3", help="ssh: the device's python (default python3)")
+    g.add_argument("--ssh-key", metavar="FILE", help="ssh: identity file")
+    g.add_argument("--ssh-option", metavar="KEY=VALUE", action="append", default=[],
+                   help="ssh: an ssh -o option, e.g. StrictHostKeyChecking=accept-new (repeatable)")
 
     dev = sub.add_parser("device", help="tools for running on a device")
     dsub = dev.add_subparsers(dest="device_command", required=True)
     dr = dsub.add_parser("runner", help="write the standalone on-device runner (stdlib + numpy + one runtime)")
     dr.add_argument("--out", required=True, help="folder to write runner.py and its README into")
+    ds = dsub.add_parser("setup", help="build the emulated Raspberry Pi (once, as root; cached)")
+    ds.add_argument("name", choices=("pi-emu",), help="pi-emu: arm64 Debian Bookworm under QEMU user mode")
+    ds.add_argument("--force", action="store_true", help="rebuild it even if it is set up")
 
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("targets", help="list the targets and the precisions each supports")
@@ -112,8 +122,13 @@ def cmd_verify(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from edge.bench import bench, format_table, write_json
 
+    device = None
+    if a.device:
+        from edge.device.remote import parse
+
+        device = parse(a.device, a.device_python, tuple(a.ssh_option), a.ssh_key)
     results = bench(a.paths, threads=a.threads, runs=a.runs, warmup=a.warmup, pin=a.pin,
-                    input_shape=a.input_shape, progress=not a.quiet)
+                    input_shape=a.input_shape, progress=not a.quiet, device=device)
     print(format_table(results))
     if a.json:
         write_json(results, a.json)
@@ -121,6 +136,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_device(a: argparse.Namespace) -> int:
+    if a.device_command == "setup":
+        from edge.device import piemu
+
+        root = piemu.setup(force=a.force)
+        v = piemu.info(root)["versions"]
+        print(f"pi-emu ready in {root}: Debian {piemu.SUITE} {v['machine']}, Python {v['python']}, "
+              f"ai-edge-litert {v['ai-edge-litert']}, onnxruntime {v['onnxruntime']}, numpy {v['numpy']}")
+        return 0
     from edge.device import write_runner
 
     try:

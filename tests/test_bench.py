@@ -191,14 +191,6 @@ def test_runner_errors(fp32_build, device, tmp_path):
     one_error(run_runner(device, onnx, "--bogus"), 2, "--bogus")
 
 
-def test_runner_missing_runtime(fp32_build, device, tmp_path):
-    fake = tmp_path / "fake" / "onnxruntime"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('simulated: not installed')\n")
-    proc = run_runner(device, artifact_in(fp32_build / "onnx"), env={**ENV, "PYTHONPATH": str(fake.parent)})
-    one_error(proc, 2, "onnxruntime", "pip install onnxruntime")
-
-
 # ---------------------------------------------------------------- bench()
 
 def test_bench_build_folder(fp32_build, tmp_path, capsys):

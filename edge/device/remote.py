@@ -1,0 +1,298 @@
+"""Devices that `edge bench --device` runs the on-device runner on.
+
+- `ssh://user@host[:port]`: a real board. One ssh connection streams a tar of runner.py, the
+  artifact and its manifest into a fresh `mktemp -d` folder on the device, runs the runner with
+  the device's python, prints its JSON back and removes the folder, whatever happened. Every
+  name reaches the remote shell through shlex.quote, as positional arguments of a fixed script.
+- `pi-emu`: the emulated Raspberry Pi of edge.device.piemu (QEMU user mode, arm64 Bookworm).
+  Its outputs are checked against the host's on the same input, within the artifact's parity
+  budgets, and its timings are marked emulated.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from edge.errors import EdgeError, ParityError, UserError
+
+RUNNER = Path(__file__).with_name("runner.py")
+ERROR_PREFIX = "runner: error: "
+# Exit codes of the remote script itself (the runner uses 0, 1 and 2).
+NO_TMP, NO_TAR, NOT_FOUND, SSH_FAILED = 97, 98, 127, 255
+
+
+class Device(Protocol):
+    label: str
+    emulated: bool
+
+    def check(self, artifact: Path) -> None: ...
+
+    def run(self, artifact: Path, manifest: Path | None, options: list[str]) -> dict: ...
+
+
+def parse(spec: str, python: str = "python3", ssh_options: tuple[str, ...] = (),
+          key: str | None = None) -> Device:
+    """`--device` text to a Device; UserError for anything else."""
+    if spec == "pi-emu":
+        return PiEmu()
+    if spec.startswith("ssh://"):
+        return SSHDevice.from_url(spec, python, ssh_options, key)
+    raise UserError(f"unknown --device {spec!r}; use ssh://user@host[:port] or pi-emu")
+
+
+def bundle(artifact: Path, manifest: Path | None, extra: dict[str, Path] | None = None) -> dict[str, Path]:
+    """The files the device needs, by the name they get there."""
+    files = {"runner.py": RUNNER, artifact.name: artifact}
+    if manifest is not None:
+        files["manifest.json"] = manifest
+    return files | (extra or {})
+
+
+def runner_args(artifact: Path, manifest: Path | None, options: list[str]) -> list[str]:
+    return ["runner.py", artifact.name, *(["--manifest", "manifest.json"] if manifest else []), *options]
+
+
+def runner_message(stderr: str) -> str | None:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln.removeprefix(ERROR_PREFIX) for ln in lines if ln.startswith(ERROR_PREFIX)]
+    return errors[-1] if errors else None
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"
+
+
+# ---------------------------------------------------------------- ssh
+
+# Runs on the device under `sh -c`; its arguments are: python, then the runner's argv.
+REMOTE_SCRIPT = r"""
+py="$1"; shift
+d=$(mktemp -d "${TMPDIR:-/tmp}/edge-bench.XXXXXX") || exit 97
+trap 'cd /; rm -rf "$d"' EXIT
+trap 'exit 129' HUP INT TERM
+cd "$d" || exit 97
+tar -xf - || exit 98
+command -v "$py" >/dev/null 2>&1 || exit 127
+"$py" "$@"
+rc=$?
+exit $rc
+"""
+
+
+@dataclass
+class SSHDevice:
+    host: str
+    user: str | None = None
+    port: int | None = None
+    python: str = "python3"
+    options: tuple[str, ...] = ()
+    key: str | None = None
+    emulated: bool = False
+    timeout: float = 3600.0
+
+    @classmethod
+    def from_url(cls, url: str, python: str = "python3", options: tuple[str, ...] = (),
+                 key: str | None = None) -> SSHDevice:
+        u = urlsplit(url)
+        try:
+            port = u.port
+        except ValueError:
+            raise UserError(f"--device {url}: the port is not a number; use ssh://user@host[:port]") from None
+        if not u.hostname or u.path not in ("", "/") or u.query or u.password:
+            raise UserError(f"--device {url} is not of the form ssh://user@host[:port]")
+        if shutil.which("ssh") is None:
+            raise UserError("--device ssh:// needs the ssh client, not found; install openssh-client")
+        if key is not None and not Path(key).is_file():
+            raise UserError(f"--ssh-key {key}: no such file")
+        return cls(u.hostname, u.username, port, python, tuple(options), key)
+
+    @property
+    def label(self) -> str:
+        who = f"{self.user}@" if self.user else ""
+        return f"ssh://{who}{self.host}" + (f":{self.port}" if self.port else "")
+
+    def ssh_command(self, remote: str) -> list[str]:
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=30"]
+        for opt in self.options:
+            cmd += ["-o", opt]
+        if self.key:
+            cmd += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        if self.port:
+            cmd += ["-p", str(self.port)]
+        if self.user:
+            cmd += ["-l", self.user]
+        return [*cmd, "--", self.host, remote]
+
+    def check(self, artifact: Path) -> None:
+        pass  # the device says what it cannot run
+
+    def run(self, artifact: Path, manifest: Path | None, options: list[str]) -> dict:
+        argv = [self.python, *runner_args(artifact, manifest, options)]
+        remote = " ".join(shlex.quote(s) for s in ["sh", "-c", REMOTE_SCRIPT, "sh", *argv])
+        try:
+            proc = subprocess.run(self.ssh_command(remote), input=_tar(bundle(artifact, manifest)),
+                                  capture_output=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise EdgeError(f"{self.label}: no answer within {self.timeout:.0f} s") from None
+        stderr = proc.stderr.decode(errors="replace")
+        if proc.returncode != 0:
+            raise self._failure(proc.returncode, stderr, artifact)
+        try:
+            return json.loads(proc.stdout)
+        except ValueError:
+            raise EdgeError(f"{self.label}: the runner printed no JSON result") from None
+
+    def _failure(self, code: int, stderr: str, artifact: Path) -> EdgeError:
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit code {code}"
+        where = f"{self.label}"
+        if code == SSH_FAILED:
+            return EdgeError(f"cannot reach {where}: {last.removeprefix('ssh: ')} "
+                             f"(check the host, port, user and key; try: ssh{' -p ' + str(self.port) if self.port else ''}"
+                             f" {self.user + '@' if self.user else ''}{self.host} true)")
+        if code == NOT_FOUND:
+            return UserError(f"{where}: {self.python} not found on the device; pass --device-python PATH")
+        if code == NO_TMP:
+            return EdgeError(f"{where}: cannot make a temporary folder on the device ({last})")
+        if code == NO_TAR:
+            return EdgeError(f"{where}: unpacking the files on the device failed ({last}); is tar installed there?")
+        if code > 128:
+            return EdgeError(f"the runner crashed on {where} ({_signal_name(code - 128)}) "
+                             f"while running {artifact.name}; run runner.py there by hand to see more")
+        message = runner_message(stderr) or last
+        cls = UserError if code == 2 else EdgeError
+        return cls(f"{where}: {message}")
+
+
+def _tar(files: dict[str, Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, path in files.items():
+            info = tar.gettarinfo(str(path), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- emulated Pi
+
+@dataclass
+class PiEmu:
+    """The runner inside the emulated arm64 root, checked against the host on the same input."""
+
+    emulated: bool = True
+    label: str = "pi-emu"
+    root: Path = field(default_factory=lambda: _piemu().cache_root())
+
+    def check(self, artifact: Path) -> None:
+        piemu = _piemu()
+        if artifact.suffix not in piemu.SUFFIXES:
+            raise UserError(f"pi-emu runs {' and '.join(piemu.SUFFIXES)} artifacts; {artifact.name} needs torch, "
+                            f"which the emulated Pi does not have: bench it on the host or a real device")
+        if piemu.info(self.root) is None:
+            raise UserError(f"the emulated Pi is not set up ({self.root}); run: edge device setup pi-emu")
+        piemu.check_host()
+
+    def run(self, artifact: Path, manifest: Path | None, options: list[str]) -> dict:
+        piemu = _piemu()
+        with tempfile.TemporaryDirectory(prefix="edge-pi-emu-") as host_tmp, \
+                tempfile.TemporaryDirectory(prefix="edge-bench.", dir=self.root / "tmp") as dev_tmp:
+            host_tmp, dev_tmp = Path(host_tmp), Path(dev_tmp)
+            x, source = sample_input(manifest)
+            extra, io_args = {}, ["--save-output", "output.npy"]
+            if x is not None:
+                np.save(host_tmp / "input.npy", x)
+                extra, io_args = {"input.npy": host_tmp / "input.npy"}, io_args + ["--input", "input.npy"]
+            for name, src in bundle(artifact, manifest, extra).items():
+                shutil.copyfile(src, dev_tmp / name)
+            inside = Path("/") / dev_tmp.relative_to(self.root)
+            argv = [f"{piemu.VENV}/bin/python", *runner_args(artifact, manifest, options + io_args)]
+            proc = subprocess.run(piemu.chroot_command(self.root, ["/usr/bin/env", "-C", str(inside), *argv]),
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                if proc.returncode > 128 or proc.returncode < 0:
+                    code = proc.returncode - 128 if proc.returncode > 128 else -proc.returncode
+                    raise EdgeError(f"the runner crashed in the emulated Pi ({_signal_name(code)}) on {artifact.name}")
+                message = runner_message(proc.stderr) or (proc.stderr.strip().splitlines() or ["?"])[-1]
+                raise (UserError if proc.returncode == 2 else EdgeError)(f"pi-emu: {message}")
+            result = json.loads(proc.stdout)
+            emu_out = np.load(dev_tmp / "output.npy")
+            host_out = host_output(artifact, manifest, host_tmp, options, x is not None)
+        result["parity_vs_host"] = check_parity(host_out, emu_out, manifest, source)
+        return result
+
+
+def sample_input(manifest: Path | None) -> tuple[np.ndarray | None, str]:
+    """One real photo preprocessed like the model's input (a held-out built-in image), or None
+    (the runner's own random normal data, seed 0) when there is no manifest to say how."""
+    from edge.data import BUILTIN_CALIB_DIR, load_image
+    from models.spec import Preprocess
+
+    m = json.loads(manifest.read_text()) if manifest else None
+    if not m or not m.get("preprocess"):
+        return None, "random normal, seed 0"
+    shape = m["input"]["shape"]
+    p = m["preprocess"]
+    pre = Preprocess(int(p["resize"]), int(p["crop"]), tuple(p["mean"]), tuple(p["std"]))
+    x = load_image(BUILTIN_CALIB_DIR / "chelsea.jpg", pre)[None]
+    n, c, h, w = (shape[0], shape[3], shape[1], shape[2]) if m["input"].get("layout") == "NHWC" else shape
+    if x.shape != (n, c, h, w):
+        return None, "random normal, seed 0"
+    return x.astype(np.float32), "chelsea.jpg (built-in, held out of calibration)"
+
+
+def host_output(artifact: Path, manifest: Path | None, tmp: Path, options: list[str], has_input: bool) -> np.ndarray:
+    """The same artifact's output on the host, for the same input, by the same runner."""
+    out = tmp / "host_output.npy"
+    shape = options[options.index("--input-shape"):][:2] if "--input-shape" in options else []
+    cmd = [sys.executable, str(RUNNER), str(artifact), "--runs", "1", "--warmup", "0", *shape,
+           "--save-output", str(out), *(["--input", str(tmp / "input.npy")] if has_input else [])]
+    if manifest is not None:
+        cmd += ["--manifest", str(manifest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EdgeError(f"the host run of {artifact.name} failed: {runner_message(proc.stderr) or proc.stderr[-200:]}")
+    return np.load(out)
+
+
+def check_parity(host: np.ndarray, emulated: np.ndarray, manifest: Path | None, source: str) -> dict:
+    """The emulated output against the host's, within the artifact's own parity budget (the
+    one its build passed; without a manifest, the fp32 budget's cosine): ParityError if not."""
+    from edge.parity import compare
+    from models.spec import DEFAULT_BUDGETS
+
+    m = json.loads(manifest.read_text()) if manifest else {}
+    precision = m.get("precision", "fp32")
+    budget = dict((m.get("parity") or {}).get("budget") or DEFAULT_BUDGETS[precision])
+    if not m:
+        budget = {"min_cosine": DEFAULT_BUDGETS["fp32"]["min_cosine"]}
+    budget.pop("max_top1_drop", None)  # no labels here
+    report = compare(host.reshape(len(host), -1), emulated.reshape(len(emulated), -1), precision, budget,
+                     f"{source}: pi-emu against the host")
+    if not report.passed:
+        raise ParityError(f"pi-emu outputs differ from the host's: {'; '.join(report.failures)}")
+    return report.to_json()
+
+
+def _piemu():
+    from edge.device import piemu  # its host checks are only needed for --device pi-emu
+
+    return piemu
