@@ -56,6 +56,8 @@ test-device: setup sysdeps
 bench: setup
 	$(BIN)/python benchmarks/accuracy_int8.py
 	$(BIN)/python benchmarks/build_time_tflite.py
+	$(BIN)/python benchmarks/harness_overhead.py
+	$(BIN)/python benchmarks/latency_matrix.py
 
 clean:
 	rm -rf $(VENV) $(RUNNER_VENVS) out build *.egg-info

@@ -138,3 +138,23 @@ def _diff(expected: dict, got: dict) -> tuple[str, str, str]:
     bad = [k for k in set(expected) & set(got) if tuple(expected[k].shape) != tuple(got[k].shape)]
     return (f"missing {few(miss)}" if miss else "", f"unexpected {few(extra)}" if extra else "",
             f"shape mismatch at {few(bad)}" if bad else "")
+
+
+def random_bn_recalibrated_state(spec: ModelSpec, size: int, seed: int = 0) -> dict:
+    """Random weights whose batch-norm statistics are re-estimated on the built-in photos, so
+    that outputs have a real spread (plain random init gives near-constant logits that no parity
+    check can judge). For tests and benchmarks of models without offline weights."""
+    from edge.data import BUILTIN_CALIB_DIR, load_images
+
+    torch.manual_seed(seed)
+    model = spec.build(size)
+    x = torch.from_numpy(load_images(sorted(BUILTIN_CALIB_DIR.glob("*.jpg")), spec.preprocess.at(size),
+                                     ("center", "flip")))
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batch below
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval().state_dict()

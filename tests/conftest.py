@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge.data import BUILTIN_CALIB_DIR, load_images
 from edge.models import MODELS, load_model
+from edge.models.loading import random_bn_recalibrated_state
 
 SHARED = Path(os.environ.get("EDGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IMAGENET_SAMPLE = SHARED / "imagenet-sample"
@@ -20,22 +20,6 @@ IMAGENET_SAMPLE = SHARED / "imagenet-sample"
 def small_size(spec) -> int:
     """The smallest input at which the model still has a meaningful spatial extent."""
     return max(spec.min_input_size, 64) if spec.name != "tiny" else 32
-
-
-def bn_recalibrated_state(name: str, size: int, seed: int = 0) -> dict:
-    spec = MODELS.get(name)
-    torch.manual_seed(seed)
-    model = spec.build(size)
-    x = torch.from_numpy(load_images(sorted(BUILTIN_CALIB_DIR.glob("*.jpg")), spec.preprocess.at(size),
-                                     ("center", "flip")))
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # a plain average over the batch below
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval().state_dict()
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +32,7 @@ def weights_file(tmp_path_factory):
         key = (name, size)
         if key not in cache:
             path = root / f"{name}-{size}.pt"
-            torch.save(bn_recalibrated_state(name, size), path)
+            torch.save(random_bn_recalibrated_state(MODELS.get(name), size), path)
             cache[key] = str(path)
         return cache[key]
     return make

@@ -244,7 +244,7 @@ def sample_input(manifest: Path | None) -> tuple[np.ndarray | None, str]:
     """One real photo preprocessed like the model's input (a held-out built-in image), or None
     (the runner's own random normal data, seed 0) when there is no manifest to say how."""
     from edge.data import BUILTIN_CALIB_DIR, load_image
-    from models.spec import Preprocess
+    from edge.models.spec import Preprocess
 
     m = json.loads(manifest.read_text()) if manifest else None
     if not m or not m.get("preprocess"):
@@ -277,7 +277,7 @@ def check_parity(host: np.ndarray, emulated: np.ndarray, manifest: Path | None, 
     """The emulated output against the host's, within the artifact's own parity budget (the
     one its build passed; without a manifest, the fp32 budget's cosine): ParityError if not."""
     from edge.parity import compare
-    from models.spec import DEFAULT_BUDGETS
+    from edge.models.spec import DEFAULT_BUDGETS
 
     m = json.loads(manifest.read_text()) if manifest else {}
     precision = m.get("precision", "fp32")
