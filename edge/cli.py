@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 from edge.config import BUDGET_KEYS, BuildConfig
 from edge.errors import EdgeError, UserError
@@ -83,6 +84,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--ssh-option", metavar="KEY=VALUE", action="append", default=[],
                    help="ssh: an ssh -o option, e.g. StrictHostKeyChecking=accept-new (repeatable)")
 
+    ex = sub.add_parser("explain", help="per layer: where each artifact of a build parts from PyTorch (SQNR)")
+    ex.add_argument("out_dir")
+    ex.add_argument("--samples", type=int, default=8, help="held-out built-in samples to compare on (default 8)")
+    ex.add_argument("--threshold-db", type=float,
+                    help="a layer below this SQNR has parted from PyTorch (default: fp32 40, fp16 25, int8 10)")
+    ex.add_argument("--plot", metavar="PNG", help="plot file (default OUT_DIR/explain.png)")
+    ex.add_argument("--json", metavar="FILE", help="also write the reports here")
+    ex.add_argument("--brief", action="store_true", help="only the marked layers, not every layer")
+
     dev = sub.add_parser("device", help="tools for running on a device")
     dsub = dev.add_subparsers(dest="device_command", required=True)
     dr = dsub.add_parser("runner", help="write the standalone on-device runner (stdlib + numpy + one runtime)")
@@ -132,6 +142,23 @@ def cmd_bench(a: argparse.Namespace) -> int:
     print(format_table(results))
     if a.json:
         write_json(results, a.json)
+    return 0
+
+
+def cmd_explain(a: argparse.Namespace) -> int:
+    from edge import manifest as mf
+    from edge.explain import explain, format_report, plot, to_json
+
+    reports = explain(a.out_dir, samples=a.samples, threshold_db=a.threshold_db)
+    for r in reports:
+        print(format_report(r, all_layers=not a.brief) + "\n")
+    png = plot(reports, a.plot or Path(a.out_dir) / "explain.png")
+    print(f"plot: {png}")
+    if a.json:
+        try:
+            mf.write_json_atomic(Path(a.json), to_json(reports))
+        except OSError as e:
+            raise UserError(f"cannot write {a.json} ({e.strerror}); pass a writable path") from None
     return 0
 
 
@@ -207,7 +234,7 @@ def _table(rows) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-COMMANDS = {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench, "device": cmd_device,
+COMMANDS = {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench, "explain": cmd_explain, "device": cmd_device,
             "models": cmd_models, "targets": cmd_targets}
 
 

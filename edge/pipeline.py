@@ -21,6 +21,7 @@ from edge.parity import ParityReport, compare
 from edge.quantize.calibration import Samples, calibration_and_parity
 from edge.runner import TorchRunner
 from edge.targets import TARGETS, ExportContext
+from edge.targets.base import Exported
 
 log = logging.getLogger("edge")
 
@@ -90,19 +91,114 @@ def build(config: BuildConfig) -> list[dict]:
             t0 = time.perf_counter()
             log.info("[%d/%d] %s %s: exporting", i, len(targets), target.name, config.precision)
             exported = target.export(ctx, config.precision, staging / f"{spec.name}.{config.precision}{target.suffix}")
-            build_s = time.perf_counter() - t0
-            runner = target.load(exported.path, {"precision": config.precision})
-            report = compare(check.ref, runner.run(check.x), config.precision, budget, check.source, check.labels)
-            log.info("[%d/%d] %s %s: %s", i, len(targets), target.name, config.precision, _summary(report))
+            attempt = _attempt(target, exported, config.precision, budget, check)
+            log.info("[%d/%d] %s %s: %s", i, len(targets), target.name, config.precision, _summary(attempt.report))
+            fallback = None
+            if not attempt.report.passed and _wants_fallback(config, target, attempt.report):
+                attempt, fallback = _fall_back(target, ctx, attempt, model, budget, check)
+            exported, runner, report = attempt.exported, attempt.runner, attempt.report
             if not report.passed:
-                failures.append(f"{target.name} {config.precision}: " + "; ".join(report.failures))
+                best = f" (best found: {fallback['best']})" if fallback else ""
+                failures.append(f"{target.name} {config.precision}: " + "; ".join(report.failures) + best)
                 continue
+            build_s = time.perf_counter() - t0
             dest = out if len(targets) == 1 else out / target.name
             m = _manifest(config, spec, shape, target, exported, report, calib, runner.runtime, build_s)
+            if fallback:
+                m["fallback"] = fallback
             manifests.append(_publish(exported.path, m, dest))
     if failures:
         raise ParityError("parity check failed: " + " | ".join(failures))
     return manifests
+
+
+@dataclass
+class Attempt:
+    """One exported artifact, its runner and its parity report (with the time per sample)."""
+
+    exported: "Exported"
+    runner: object
+    report: ParityReport
+    ms_per_sample: float
+
+
+def _attempt(target, exported, precision: str, budget: dict, check: Check) -> Attempt:
+    runner = target.load(exported.path, {"precision": precision, "target_details": exported.details})
+    t0 = time.perf_counter()
+    y = runner.run(check.x)
+    ms = (time.perf_counter() - t0) * 1e3 / len(check.x)
+    return Attempt(exported, runner, compare(check.ref, y, precision, budget, check.source, check.labels), ms)
+
+
+def _wants_fallback(cfg: BuildConfig, target, report: ParityReport) -> bool:
+    """--max-drop was given, the int8 artifact missed it, and the target can keep layers in float."""
+    if cfg.precision != "int8" or "max_top1_drop" not in cfg.budget or "top1_drop_pp" not in report.figures:
+        return False
+    if not getattr(target, "float_fallback", False):
+        log.warning("%s int8 missed --max-drop and this target cannot keep layers in float; "
+                    "try --target onnx", target.name)
+        return False
+    return True
+
+
+FALLBACK_STEPS = (1, 2, 4, 8, 16, 32, 64)  # layers kept in float per attempt, most sensitive first
+FALLBACK_MAX_FRACTION = 0.5  # beyond half the layers in float, it is no longer an int8 model
+SENSITIVITY_SAMPLES = 16
+
+
+def _fall_back(target, ctx: ExportContext, first: Attempt, model, budget: dict, check: Check) -> tuple[Attempt, dict]:
+    """Keep the layers that add the most int8 error in float, more at each attempt, until the
+    budget is met. Layers are ranked by measured sensitivity (quantize/sensitivity.py: the SQNR
+    each layer loses against PyTorch, on calibration samples). Returns the first attempt that
+    passes, or the best one (smallest drop) with the record of every attempt."""
+    from dataclasses import replace
+
+    from edge.quantize import sensitivity as sens
+
+    x = ctx.calib[:SENSITIVITY_SAMPLES]
+    ranked = [l for l in sorted(sens.layers(first.exported.path, model, x) or [],
+                                key=lambda l: -(l.local_drop_db or 0.0)) if l.nodes]
+    log.info("%s int8 missed the budget (top-1 drop %.2f pp); keeping its most sensitive layers in float: %s",
+             target.name, first.report.figures["top1_drop_pp"],
+             ", ".join(f"{l.module} (-{l.local_drop_db or 0.0:.1f} dB)" for l in ranked[:5]))
+
+    def record(a: Attempt, kept: list) -> dict:
+        return {"kept_float": [l.module for l in kept], "top1_drop_pp": round(a.report.figures["top1_drop_pp"], 3),
+                "top1": a.report.figures.get("top1"), "size_bytes": a.exported.path.stat().st_size,
+                "ms_per_sample": round(a.ms_per_sample, 3), "passed": a.report.passed}
+
+    attempts, best, best_kept = [record(first, [])], first, []
+    cap = max(1, int(len(ranked) * FALLBACK_MAX_FRACTION))
+    for k in sorted({min(k, cap) for k in FALLBACK_STEPS}):
+        kept = ranked[:k]
+        path = first.exported.path.with_name(f"{first.exported.path.stem}.float{k}{first.exported.path.suffix}")
+        kctx = replace(ctx, keep_float=tuple(n for l in kept for n in l.nodes))
+        a = _attempt(target, target.export(kctx, "int8", path), "int8", budget, check)
+        attempts.append(record(a, kept))
+        log.info("%s int8 with %d layer(s) in float: %s", target.name, k, _summary(a.report))
+        if a.report.figures["top1_drop_pp"] < best.report.figures["top1_drop_pp"] or a.report.passed:
+            best, best_kept = a, kept
+        if a.report.passed:
+            break
+    if best is not first:
+        os.replace(best.exported.path, first.exported.path)
+        best.exported.path = first.exported.path
+    figures = best.report.figures
+    return best, {
+        "reason": f"int8 missed --max-drop {budget['max_top1_drop']:g} pp (top-1 drop "
+                  f"{first.report.figures['top1_drop_pp']:.2f} pp)",
+        "ranking": "local SQNR loss against PyTorch per layer (edge explain), on "
+                   f"{len(x)} calibration samples",
+        "kept_float": [l.module for l in best_kept], "kept_float_nodes": [n for l in best_kept for n in l.nodes],
+        "top1_drop_pp": round(figures["top1_drop_pp"], 3), "size_bytes": best.exported.path.stat().st_size,
+        "int8_size_bytes": attempts[0]["size_bytes"], "ms_per_sample": round(best.ms_per_sample, 3),
+        "int8_ms_per_sample": attempts[0]["ms_per_sample"],
+        "latency_note": "in-process, batch 1, over the evaluation images; use edge bench for figures to compare",
+        "attempts": attempts,
+        "best": f"top-1 drop {figures['top1_drop_pp']:.2f} pp with {len(best_kept)} layer(s) in float: "
+                f"{', '.join(l.module for l in best_kept) or 'none'}; at most {cap} of {len(ranked)} layers "
+                "may stay in float",
+    }
 
 
 def _summary(r: ParityReport) -> str:
@@ -175,9 +271,7 @@ def verify(out_dir: str | Path, eval_dir: str | None = None, budget: dict | None
             failures.append(f"{artifact} does not match the sha256 in its manifest")
             continue
         cfg = BuildConfig.from_json({**cfg.to_json(), "eval": eval_dir or cfg.eval})
-        spec = resolve_model(cfg.model, cfg.input_shape)
-        shape = tuple(m["input"]["shape"]) if m["input"]["layout"] == "NCHW" else _nchw(m["input"]["shape"])
-        model = load_model(spec, cfg.weights, shape[2])
+        spec, shape, model = reference_model(m, cfg)
         _, parity = calibration_and_parity(cfg.calib, spec.preprocess.at(shape[2]), shape,
                                            cfg.precision == "int8", cfg.eval is not None)
         check = _check_set(cfg, spec, shape, TorchRunner(model), parity)
@@ -191,6 +285,14 @@ def verify(out_dir: str | Path, eval_dir: str | None = None, budget: dict | None
     if failures:
         raise ParityError("verify failed: " + " | ".join(failures))
     return reports
+
+
+def reference_model(m: dict, cfg: BuildConfig | None = None) -> tuple[ModelSpec, tuple, "torch.nn.Module"]:
+    """(spec, NCHW input shape, fp32 eval-mode model) of the build a manifest describes."""
+    cfg = cfg or BuildConfig.from_json(m["build"]["config"])
+    spec = resolve_model(cfg.model, cfg.input_shape)
+    shape = tuple(m["input"]["shape"]) if m["input"]["layout"] == "NCHW" else _nchw(m["input"]["shape"])
+    return spec, shape, load_model(spec, cfg.weights, shape[2])
 
 
 def _nchw(shape):

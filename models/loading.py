@@ -111,11 +111,18 @@ def _imagenet_path(spec: ModelSpec) -> str:
                     f"or use --weights PATH or --weights random")
 
 
+RANDOM_SEED = 0
+
+
 def load_model(spec: ModelSpec, weights: str = "imagenet", input_size: int | None = None) -> nn.Module:
-    """Build `spec` and load `weights` ("imagenet", "random" or a path) into it; eval mode."""
-    model = spec.build(input_size)
+    """Build `spec` and load `weights` ("imagenet", "random" or a path) into it; eval mode.
+    "random" is seeded (0), so that `edge verify` and `edge explain` rebuild the same network
+    the build used; the caller's RNG state is left alone."""
     if weights == "random":
-        return model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            return spec.build(input_size).eval()
+    model = spec.build(input_size)
     if weights == "imagenet" and spec.family == "custom":
         raise UserError(f"--model {spec.name} is a custom network; pass --weights PATH or --weights random")
     path = _imagenet_path(spec) if weights == "imagenet" else weights

@@ -58,6 +58,7 @@ class ExportContext:
     calib_method: str | None = None  # None: the target's own default
     io: str = "float"  # "float" or "int8": the artifact's input/output type, where a target supports it
     opset: int = 17
+    keep_float: tuple[str, ...] = ()  # int8: layers (ONNX node names) an accuracy budget keeps in float
     _onnx: Path | None = None
 
     def onnx_fp32(self) -> Path:
@@ -101,6 +102,8 @@ class Target(Protocol):
     precisions: tuple[str, ...]
     runtime: str  # what runs the artifact
     unsupported: dict[str, str]  # precision or option -> why not
+    # int8: the target honours ExportContext.keep_float (the --max-drop fallback); class default False
+    float_fallback: bool = False
 
     def calib_methods(self) -> tuple[str, ...]:
         """int8 calibration methods this target offers; the first is its default."""

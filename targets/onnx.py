@@ -14,13 +14,14 @@ from edge.targets.base import ExportContext, Exported, TensorSpec, check_common,
 class OrtRunner:
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, disabled_optimizers: tuple[str, ...] = ()):
         ort = require("onnxruntime", "running ONNX artifacts", extra="onnx")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=list(disabled_optimizers))
         except Exception as e:
             raise UserError(f"{path} is not a loadable ONNX model: {str(e).splitlines()[0][:160]}") from None
         self.input_name = self.session.get_inputs()[0].name
@@ -34,6 +35,7 @@ class Onnx:
     suffix = ".onnx"
     precisions = ("fp32", "int8")
     runtime = "onnxruntime"
+    float_fallback = True  # int8 layers can stay in float (--max-drop)
     unsupported = {
         "fp16": "onnxruntime's CPU provider runs fp16 graphs by casting back to fp32; use fp32 or int8",
         "io-int8": "the QDQ graph takes and returns float tensors; use --target tflite for int8 I/O",
@@ -55,8 +57,8 @@ class Onnx:
         if precision == "int8":
             from edge.quantize.onnx_ptq import DEFAULT_METHOD, quantize_onnx
 
-            details["quantization"] = quantize_onnx(fp32, out, ctx.calib,
-                                                    method=ctx.calib_method or DEFAULT_METHOD)
+            details["quantization"] = quantize_onnx(fp32, out, ctx.calib, method=ctx.calib_method or DEFAULT_METHOD,
+                                                    nodes_to_exclude=ctx.keep_float)
         else:
             shutil.copyfile(fp32, out)
         try:
@@ -66,10 +68,17 @@ class Onnx:
         return Exported(out, _spec(graph.input[0], "NCHW"), _spec(graph.output[0]), details)
 
     def load(self, path: Path, manifest: dict | None = None) -> OrtRunner:
-        return OrtRunner(path)
+        return OrtRunner(path, disabled_optimizers=disabled_optimizers(manifest))
 
     def versions(self) -> dict[str, str | None]:
         return {"onnx": pkg_version("onnx"), "onnxruntime": pkg_version("onnxruntime")}
+
+
+def disabled_optimizers(manifest: dict | None) -> tuple[str, ...]:
+    """Session optimizers an artifact must run without (layers kept in float need onnxruntime's
+    WeightBiasQuantization pass off, or it re-quantizes their weights); from its manifest."""
+    q = ((manifest or {}).get("target_details") or {}).get("quantization") or {}
+    return tuple(q.get("session_disabled_optimizers") or ())
 
 
 def _spec(value_info, layout: str | None = None) -> TensorSpec:

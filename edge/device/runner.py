@@ -194,13 +194,18 @@ class OrtBackend:
                            "pip install onnxruntime") from None
         self.ort, self.threads = onnxruntime, threads
         self.version = getattr(onnxruntime, "__version__", None)
+        # Layers an accuracy budget kept in float need onnxruntime's WeightBiasQuantization pass off
+        # (it would re-quantize their weights); the manifest says so.
+        q = ((manifest or {}).get("target_details") or {}).get("quantization") or {}
+        self.disabled = list(q.get("session_disabled_optimizers") or ())
 
     def load(self, path: Path) -> None:
         opts = self.ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = self.threads
         try:
-            self.session = self.ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = self.ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                                     disabled_optimizers=self.disabled)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BadInput(f"{path.name} is not a loadable ONNX model: {_first_line(e)}") from None
         self.inp = self.session.get_inputs()[0]
