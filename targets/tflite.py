@@ -94,6 +94,7 @@ class TFLite:
     precisions = ("fp32", "fp16", "int8")
     runtime = "TFLite interpreter (ai-edge-litert / tflite-runtime)"
     unsupported = {}
+    float_fallback = True  # int8 ops can stay in float (--max-drop), via the converter's denylist
 
     def calib_methods(self) -> tuple[str, ...]:
         # The TFLite converter's calibrator records each tensor's min and max over the
@@ -114,7 +115,7 @@ class TFLite:
         onnx_path = _edge_padded_maxpool(ctx.onnx_fp32(), work / "model.onnx")
         _write_sample(work, ctx)
         job = {"onnx": str(onnx_path), "out": str(out.resolve()), "precision": precision, "io": ctx.io,
-               "calib": None}
+               "calib": None, "keep_float": list(ctx.keep_float)}
         if precision == "int8":
             np.save(work / "calib_nhwc.npy", ctx.calib.transpose(0, 2, 3, 1).astype(np.float32))
             job["calib"] = str(work / "calib_nhwc.npy")
@@ -137,7 +138,8 @@ class TFLite:
             "quantization": {"mode": "full-integer" if precision == "int8" else precision,
                              "per_channel": True, "method": "minmax",
                              "calibration": "TFLite converter (min/max per tensor over the calibration set)",
-                             "io": ctx.io} if precision == "int8" else {"mode": precision},
+                             "io": ctx.io, "float_ops": list(ctx.keep_float)} if precision == "int8"
+            else {"mode": precision},
         })
 
     def load(self, path: Path, manifest: dict | None = None) -> TFLiteRunner:
@@ -243,7 +245,14 @@ def _convert(job: dict) -> None:
         if job["io"] == "int8":
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
-    blob = conv.convert()
+        if job.get("keep_float"):
+            # Selective quantization (--max-drop): the converter's quantization debugger leaves the
+            # ops that write these tensors in float, with Quantize/Dequantize around them.
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=job["keep_float"])
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=representative,
+                                                                 debug_options=options)
+    blob = debugger.get_nondebug_quantized_model() if job.get("keep_float") else conv.convert()
     tmp = job["out"] + ".partial"
     with open(tmp, "wb") as f:
         f.write(blob)

@@ -111,15 +111,17 @@ def test_explain_cli(planted, tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no manifest.json" in bad.stderr
 
 
-def test_max_drop_keeps_the_planted_layer_in_float(planted, tmp_path):
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_max_drop_keeps_the_planted_layer_in_float(target, planted, tmp_path):
     out = tmp_path / "budget"
-    m = build(out, planted["block2"], "onnx", eval=str(planted["photos"]), budget={"max_top1_drop": 5.0})
+    m = build(out, planted["block2"], target, eval=str(planted["photos"]), budget={"max_top1_drop": 5.0})
     fb = m["fallback"]
     assert fb["attempts"][0]["top1_drop_pp"] > 5.0  # plain int8 PTQ misses the budget...
     assert m["parity"]["passed"] and m["parity"]["top1_drop_pp"] <= 5.0  # ...which the fallback meets
     assert any(k.startswith("block2.") for k in fb["kept_float"]) and len(fb["kept_float"]) <= 2
     assert fb["size_bytes"] > fb["int8_size_bytes"] and fb["ms_per_sample"] > 0
-    assert m["target_details"]["quantization"]["excluded_nodes"] == fb["kept_float_nodes"]
+    q = m["target_details"]["quantization"]
+    assert q["excluded_nodes" if target == "onnx" else "float_ops"] == fb["kept_float_nodes"]
     # the artifact on disk is the one that met the budget, and it still does in a fresh check
     (r,) = edge.verify(out)
     assert r["passed"] and r["top1_drop_pp"] <= 5.0
