@@ -28,3 +28,20 @@ def verify(out_dir: str, eval: str | None = None) -> list[dict]:
     from edge.pipeline import verify as _verify
 
     return _verify(out_dir, eval)
+
+
+def explain(out_dir: str, samples: int = 8, threshold_db: float | None = None) -> list[dict]:
+    """Per layer, each artifact of a build folder against its PyTorch model (SQNR, dB); see
+    edge.explain for the report's fields and for the table and plot."""
+    from edge.explain import explain as _explain
+
+    return _explain(out_dir, samples, threshold_db)
+
+
+def bench(*paths: str, device: str | None = None, **options) -> list[dict]:
+    """Time artifacts (or build folders), each in a fresh process, on this machine or on a device
+    ("ssh://user@host[:port]" or "pi-emu"); options: threads, runs, warmup, pin, input_shape."""
+    from edge.bench import bench as _bench
+    from edge.device.remote import parse
+
+    return _bench(list(paths), device=parse(device) if device else None, progress=False, **options)

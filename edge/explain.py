@@ -59,7 +59,7 @@ def explain(out_dir: str | Path, samples: int = 8, threshold_db: float | None = 
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         out_sqnr = sens.sqnr_db(ref, runner.run(x))
-        layers = sens.layers(artifact, model, x)
+        layers = sens.layers(artifact, model, x, m)
         first = sens.first_parting(layers, threshold) if layers else None
         worst = sorted((l for l in layers or [] if l.local_drop_db is not None and l.local_drop_db > 3.0),
                        key=lambda l: -l.local_drop_db)[:5]

@@ -98,7 +98,8 @@ def onnx_module_path(tensor: str) -> tuple[str, str] | None:
     return (scope[-1] if scope else ""), m.group("op")
 
 
-def onnx_layer_outputs(path: Path, x: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
+def onnx_layer_outputs(path: Path, x: np.ndarray, disabled_optimizers: tuple[str, ...] = ()
+                       ) -> dict[str, tuple[np.ndarray, list[str]]]:
     """{float tensor name: (its value on x, producing node names)} for every activation of an ONNX
     file, the dequantized value for a QDQ graph, keyed by the original float tensor's name."""
     import onnx
@@ -126,16 +127,19 @@ def onnx_layer_outputs(path: Path, x: np.ndarray) -> dict[str, tuple[np.ndarray,
             g.output.append(onnx.helper.make_empty_tensor_value_info(name))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
     names = [o.name for o in sess.get_outputs() if o.name in wanted]
     inp = sess.get_inputs()[0].name
     per_sample = [sess.run(names, {inp: x[i:i + 1]}) for i in range(len(x))]
     return {wanted[n][0]: (np.concatenate([s[k] for s in per_sample]), wanted[n][1]) for k, n in enumerate(names)}
 
 
-def onnx_layers(path: Path, model: nn.Module, x: np.ndarray) -> list[Layer]:
+def onnx_layers(path: Path, model: nn.Module, x: np.ndarray, manifest: dict | None = None) -> list[Layer]:
+    from edge.targets.onnx import disabled_optimizers
+
     found = []
-    for tensor, (value, nodes) in onnx_layer_outputs(path, x).items():
+    for tensor, (value, nodes) in onnx_layer_outputs(path, x, disabled_optimizers(manifest)).items():
         parsed = onnx_module_path(tensor)
         if parsed is None or not parsed[0]:
             continue  # an op in the model's own forward (x + y): no module to compare with
@@ -250,10 +254,10 @@ def _with_local_drop(layers: list[Layer]) -> list[Layer]:
     return layers
 
 
-def layers(path: Path, model: nn.Module, x: np.ndarray) -> list[Layer] | None:
+def layers(path: Path, model: nn.Module, x: np.ndarray, manifest: dict | None = None) -> list[Layer] | None:
     """The per-layer comparison for an artifact, or None where the runtime shows no layers (.ptl)."""
     if path.suffix == ".onnx":
-        return onnx_layers(path, model, x)
+        return onnx_layers(path, model, x, manifest)
     if path.suffix == ".tflite":
         return tflite_layers(path, model, x)
     return None
