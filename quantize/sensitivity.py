@@ -94,8 +94,15 @@ def onnx_module_path(tensor: str) -> tuple[str, str] | None:
     m = _SCOPE.match(tensor)
     if not m:
         return None
-    scope = [s for s in (m.group("scope") or "").split("/") if s]
-    return (scope[-1] if scope else ""), m.group("op")
+    # Scope components are attribute names, except that a container's child appears with its
+    # parent's name: /_blocks/_blocks.0/_act1 is the module _blocks.0._act1.
+    path: list[str] = []
+    for part in (s for s in (m.group("scope") or "").split("/") if s):
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path), m.group("op")
 
 
 def onnx_layer_outputs(path: Path, x: np.ndarray, disabled_optimizers: tuple[str, ...] = ()

@@ -144,3 +144,18 @@ def test_max_drop_cli_exit_code(planted, tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("edge: error:")]
     assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert errors[0].startswith("edge: error: parity check failed") and "best found" in errors[0]
+
+
+def test_sqnr_and_module_paths():
+    from edge.quantize.sensitivity import onnx_module_path, sqnr_db
+
+    ref = np.ones(100, np.float32)
+    assert sqnr_db(ref, ref) == float("inf")
+    assert sqnr_db(ref, ref * 1.1) == pytest.approx(20.0)  # noise 0.1 of the signal's amplitude
+    assert sqnr_db(ref, np.zeros_like(ref)) == pytest.approx(0.0)
+    assert onnx_module_path("/blocks/blocks.0/conv_dw/Conv_output_0") == ("blocks.0.conv_dw", "Conv")
+    assert onnx_module_path("/stem/stem.2/Relu_output_0") == ("stem.2", "Relu")
+    assert onnx_module_path("/features/features.1/features.1.0/Clip_output_0") == ("features.1.0", "Clip")
+    assert onnx_module_path("/_blocks/_blocks.3/_dw/_dw.0/Conv_output_0") == ("_blocks.3._dw.0", "Conv")
+    assert onnx_module_path("/Add_1_output_0") == ("", "Add")
+    assert onnx_module_path("input") is None and onnx_module_path("fc.weight") is None
