@@ -8,12 +8,15 @@ the agreement of the emulated Raspberry Pi (arm64 under QEMU) with this host.
   batch-norm statistics re-estimated on the built-in photos. Their latency and size are real;
   their accuracy is not measurable, and "agreement" is with fp32 PyTorch on the built-in held-out
   crops (on random weights it says little about a trained network's int8 agreement).
-- Latency: `edge bench` (each artifact in a fresh process), 1 and 2 threads alternated per
-  artifact so that both see the same machine load; p50/p90 over --runs timed runs.
+- Latency: `edge bench` (each artifact in a fresh process), in --rounds rounds; each round times
+  every artifact at 1 and 2 threads, so that all of them see the same spread of machine load.
+  p50/p90 are the medians over the rounds of each round's p50/p90 (--runs timed runs each).
+  "vs fp32" is the int8 (or fp16) p50 over the fp32 p50 of the same model and target, 1 thread.
 - pi-emu: `edge bench --device pi-emu` on the .tflite and .onnx artifacts, output against the
   host's on one held-out photo (skipped, and said so, when the emulated Pi is not set up).
 
-    python benchmarks/latency_matrix.py [--runs 50] [--models mobilenetv2,resnet18,efficientnet_lite0]
+    python benchmarks/latency_matrix.py [--runs 30] [--rounds 3] [--work DIR]
+        [--models mobilenetv2,resnet18,efficientnet_lite0]   (--work keeps the builds and reuses them)
 """
 from __future__ import annotations
 
@@ -49,6 +52,22 @@ PUBLISHED = [
 
 
 def build_all(model: str, work: Path) -> list[dict]:
+    import json
+
+    done = sorted((work / model).rglob("manifest.json")) if (work / model).exists() else []
+    if len(done) == sum(len(t) for _, t in BUILDS):
+        found = [json.loads(p.read_text()) | {"weights_kind": _kind(model)} for p in done]
+        rank = {(prec, t): i for i, (prec, ts) in enumerate(BUILDS) for t in ts}
+        return sorted(found, key=lambda m: (rank[(m["precision"], m["target"])], m["target"]))
+    return _build_all(model, work)
+
+
+def _kind(model: str) -> str:
+    w = MODELS.get(model).weights
+    return "imagenet" if w is not None and w.locate() else "random (BN re-estimated)"
+
+
+def _build_all(model: str, work: Path) -> list[dict]:
     real = MODELS.get(model).weights is not None and MODELS.get(model).weights.locate()
     if real:
         weights, ev = "imagenet", str(IMAGENET_SAMPLE)
@@ -76,24 +95,25 @@ def artifact_path(work: Path, m: dict) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--work", help="keep the builds here and reuse them on the next run")
     ap.add_argument("--models", default=",".join(MODELS_DEFAULT))
     ap.add_argument("--no-pi-emu", action="store_true")
     a = ap.parse_args()
-    rows = []
     with tempfile.TemporaryDirectory(prefix="edge-matrix-") as tmp:
-        work = Path(tmp)
+        work = Path(a.work) if a.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         manifests = [m for model in a.models.split(",") for m in build_all(model, work)]
-        for m in manifests:
-            path = artifact_path(work, m)
-            lat = {}
-            for threads in (1, 2):
-                (r,) = bench([str(path)], threads=threads, runs=a.runs, warmup=a.warmup)
-                lat[threads] = r
-            rows.append({"m": m, "path": path, "lat": lat})
+        rows = [{"m": m, "path": artifact_path(work, m), "lat": {1: [], 2: []}} for m in manifests]
+        for rnd in range(a.rounds):
+            for r in rows:
+                for threads in (1, 2):
+                    (res,) = bench([str(r["path"])], threads=threads, runs=a.runs, warmup=a.warmup)
+                    r["lat"][threads].append(res)
         emu = pi_emu(rows, a.no_pi_emu)
-    data = {"environment": environment(threads=None), "runs": a.runs, "warmup": a.warmup,
+    data = {"environment": environment(threads=None), "runs": a.runs, "rounds": a.rounds, "warmup": a.warmup,
             "pi_emu": emu["status"], "rows": [row_json(r, emu) for r in rows], "published": PUBLISHED}
     save("latency_matrix", data, markdown(data))
 
@@ -118,43 +138,57 @@ def pi_emu(rows: list[dict], skip: bool) -> dict:
     return out
 
 
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
 def row_json(r: dict, emu: dict) -> dict:
     m, p = r["m"], r["m"]["parity"]
     e = emu.get(str(r["path"]))
+    lat = {f"p{q}_ms_{t}t": round(_median([x["latency_ms"][f"p{q}"] for x in r["lat"][t]]), 2)
+           for t in (1, 2) for q in (50, 90)}
     return {"model": m["model"], "weights": m["weights_kind"], "target": m["target"],
-            "precision": m["precision"], "size_mb": round(m["size_bytes"] / 1e6, 2),
-            **{f"p{q}_ms_{t}t": round(r["lat"][t]["latency_ms"][f"p{q}"], 2) for t in (1, 2) for q in (50, 90)},
-            "runtime": r["lat"][1]["runtime"], "top1": p.get("top1"), "fp32_top1": p.get("reference_top1"),
+            "precision": m["precision"], "size_mb": round(m["size_bytes"] / 1e6, 2), **lat,
+            "rounds_p50_ms_1t": [round(x["latency_ms"]["p50"], 2) for x in r["lat"][1]],
+            "runtime": r["lat"][1][0]["runtime"], "peak_rss_mb": round(r["lat"][1][0]["peak_rss_bytes"] / 1e6, 1),
+            "top1": p.get("top1"), "fp32_top1": p.get("reference_top1"),
             "top1_agreement": p.get("top1_agreement"), "mean_cosine": p.get("mean_cosine"),
             "parity_samples": p["samples"], "parity_source": p["sample_source"],
             "pi_emu": None if e is None else {k: e.get(k) for k in ("passed", "top1_agreement", "min_cosine",
                                                                    "max_abs_diff", "failures")}}
 
 
+def _vs_fp32(rows: list[dict], r: dict) -> str:
+    base = [b for b in rows if b["model"] == r["model"] and b["target"] == r["target"] and b["precision"] == "fp32"]
+    return f"{r['p50_ms_1t'] / base[0]['p50_ms_1t']:.2f}x" if base and r["precision"] != "fp32" else "-"
+
+
 def markdown(d: dict) -> str:
     env = d["environment"]
     lines = [f"# Size and latency: every model, target and precision ({env['date']})", "",
              f"Machine: {env['machine']['processor']}, {env['machine']['cpu_count']} cores; load average at start "
-             f"{env['load_average_at_start']}. `edge bench`, {d['runs']} timed runs after {d['warmup']} warm-up, "
-             "each artifact in a fresh process, 1 and 2 threads alternated per artifact. "
+             f"{env['load_average_at_start']}. `edge bench`, each artifact in a fresh process; {d['rounds']} rounds, "
+             f"each timing every artifact at 1 and 2 threads ({d['runs']} timed runs after {d['warmup']} warm-up); "
+             "p50/p90 are medians over the rounds. vs fp32: p50 at 1 thread over the same model and target's fp32. "
              f"Versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items() if v)}.", "",
              "Accuracy: top-1 on the 750 labelled photos of ../shared/data/imagenet-sample (EfficientNet-Lite0 only; "
              "the others have no offline ImageNet weights and run with random weights). Agreement: top-1 agreement "
              "with fp32 PyTorch on the parity samples. pi-emu: the same artifact in arm64 Bookworm under QEMU "
              "against this host, on one held-out photo (cosine; emulated timings are not reported).", "",
              "| model | weights | target | precision | size MB | p50 ms 1t | p90 ms 1t | p50 ms 2t | p90 ms 2t "
-             "| top-1 % | fp32 top-1 % | agreement | pi-emu cosine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| vs fp32 | top-1 % | fp32 top-1 % | agreement | pi-emu cosine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
         e = r["pi_emu"]
-        emu = "n/a (no torch in the Pi root)" if e is None else \
+        emu = ("n/a (no torch in the Pi root)" if r["target"] == "torchscript-mobile" else "not run") if e is None else \
             (f"{e['min_cosine']:.5f}" if e["passed"] else "FAILED: " + "; ".join(e["failures"]))
         top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "n/a"
         ref = f"{r['fp32_top1']:.2f}" if r["fp32_top1"] is not None else "n/a"
         agree = f"{r['top1_agreement']:.3f} ({r['parity_samples']})" if r["top1_agreement"] is not None else "-"
         lines.append(f"| {r['model']} | {r['weights']} | {r['target']} | {r['precision']} | {r['size_mb']} "
                      f"| {r['p50_ms_1t']} | {r['p90_ms_1t']} | {r['p50_ms_2t']} | {r['p90_ms_2t']} "
-                     f"| {top1} | {ref} | {agree} | {emu} |")
+                     f"| {_vs_fp32(d['rows'], r)} | {top1} | {ref} | {agree} | {emu} |")
     lines += ["", f"pi-emu: {d['pi_emu']}", "", "## Published figures (not measured here)", "",
               "| model and runtime | device | latency |", "|---|---|---|",
               *(f"| {a} | {b} | {c} (published) |" for a, b, c in d["published"]), ""]
