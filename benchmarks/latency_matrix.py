@@ -112,19 +112,24 @@ def main() -> None:
                 for threads in (1, 2):
                     (res,) = bench([str(r["path"])], threads=threads, runs=a.runs, warmup=a.warmup)
                     r["lat"][threads].append(res)
-        emu = pi_emu(rows, a.no_pi_emu)
+        emu = pi_emu(rows, a.no_pi_emu, work / "pi_emu.json" if a.work else None)
     data = {"environment": environment(threads=None), "runs": a.runs, "rounds": a.rounds, "warmup": a.warmup,
             "pi_emu": emu["status"], "rows": [row_json(r, emu) for r in rows], "published": PUBLISHED}
     save("latency_matrix", data, markdown(data))
 
 
-def pi_emu(rows: list[dict], skip: bool) -> dict:
+def pi_emu(rows: list[dict], skip: bool, cache: Path | None) -> dict:
+    """The emulated Pi's output against the host's, per artifact (not timing: reused from --work)."""
+    import json
+
     from edge.device import piemu
     from edge.device.remote import PiEmu
     from edge.errors import EdgeError
 
     if skip:
         return {"status": "not run (--no-pi-emu)"}
+    if cache is not None and cache.exists():
+        return json.loads(cache.read_text())
     if piemu.info() is None:
         return {"status": "not run: the emulated Pi is not set up (edge device setup pi-emu)"}
     out = {"status": f"run: Debian {piemu.SUITE} arm64 under QEMU, {piemu.info()['versions']}"}
@@ -135,6 +140,8 @@ def pi_emu(rows: list[dict], skip: bool) -> dict:
                 out[str(r["path"])] = res["parity_vs_host"]
             except EdgeError as e:
                 out[str(r["path"])] = {"passed": False, "failures": [str(e)]}
+    if cache is not None:
+        cache.write_text(json.dumps(out))
     return out
 
 
