@@ -152,5 +152,6 @@ def to_json(reports: list[dict]) -> dict:
         if isinstance(v, list):
             return [clean(x) for x in v]
         return v
-    return {"schema": "edge-explain/1", "reports": clean(reports), "date": mf.now()}
+    return {"schema": "edge-explain/1", "reports": clean(reports), "date": mf.now(),
+            "environment": {"machine": mf.machine(), "versions": mf.all_versions()}}
 
