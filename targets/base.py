@@ -58,6 +58,9 @@ class ExportContext:
     calib_method: str | None = None  # None: the target's own default
     io: str = "float"  # "float" or "int8": the artifact's input/output type, where a target supports it
     opset: int = 17
+    # int8 with --qat: the trained fake-quant model (FX-prepared, qnnpack qconfig); `model` is then
+    # its fine-tuned float network with BN folded in
+    qat: nn.Module | None = None
     _onnx: Path | None = None
 
     def onnx_fp32(self) -> Path:

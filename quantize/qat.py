@@ -1,0 +1,233 @@
+"""Quantization-aware training (QAT) for the int8 targets.
+
+The PTQ recipe of torch_ptq (per-channel symmetric qint8 weights with a scale floor, full-range
+quint8 activations, ReLU6-aware observers, qnnpack patterns) is applied as fake quantization
+with FX `prepare_qat_fx`, which also simulates conv+BN folding (the weights are fake-quantized as
+they will be folded). The network is then fine-tuned briefly:
+
+* labelled data (`--train DIR`): cross-entropy on the labels plus the distillation term below;
+* otherwise distillation on the calibration images: KL divergence from the fp32 model's
+  softmax (the teacher) to the fake-quantized student's, so no labels are needed.
+
+Light augmentation (a random crop of 80-100% of the side, resized back, and a random horizontal
+flip) stretches a few hundred images over several epochs. SGD with momentum and a cosine decay;
+dropout is off (the student should match the teacher's eval-mode outputs). After 2/3 of the
+steps the observers stop moving the ranges and batch norm stops updating its statistics, so the
+last third trains the weights against fixed quantization grids and fixed folding.
+
+The result reaches the targets as (1) the trained fake-quant model, which `convert_fx` turns into
+the int8 .ptl with the learned ranges, and (2) the fine-tuned float network with BN folded in,
+which the ONNX and TFLite exporters quantize with their own calibration on the same samples.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edge.errors import ConversionError, UserError
+
+log = logging.getLogger("edge")
+
+DEFAULT_EPOCHS = 10
+DEFAULT_LR = 1e-4
+BATCH_SIZE = 16
+MOMENTUM = 0.9
+FREEZE_AT = 2 / 3  # fraction of the steps after which observers and BN statistics are frozen
+CROP_SCALE = (0.8, 1.0)  # random crop side, as a fraction of the input side
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """Preprocessed training samples, with labels when they are labelled."""
+
+    x: np.ndarray  # (N, C, H, W) float32
+    labels: np.ndarray | None
+    source: str
+
+
+@dataclass
+class QATResult:
+    prepared: nn.Module  # the trained fake-quant model (FX-prepared, eval mode, observers frozen)
+    float_model: nn.Module  # the fine-tuned float network, BN folded, no fake quantization
+    record: dict  # the recipe and its figures, for the manifest
+
+
+def training_set(train: str | None, calib, pre, num_classes: int | None) -> TrainSet:
+    """`--train DIR` (labelled: ImageFolder or labels.csv), else the calibration samples."""
+    from edge.data import load_images, load_labelled
+
+    if train is None:
+        return TrainSet(np.asarray(calib.x, np.float32), None, f"calibration set ({calib.source}), unlabelled")
+    ds = load_labelled(train, what="--train folder")
+    labels = np.asarray(ds.labels, np.int64)
+    if num_classes and labels.max() >= num_classes:
+        raise UserError(f"--train {train} has class index {labels.max()}, but the model has {num_classes} classes")
+    return TrainSet(load_images(ds.paths, pre), labels, f"{train} (labelled, {len(labels)} images)")
+
+
+def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs: int = DEFAULT_EPOCHS,
+              lr: float = DEFAULT_LR, max_steps: int | None = None, batch_size: int = BATCH_SIZE,
+              seed: int = 0) -> QATResult:
+    """Quantization-aware fine-tuning of a copy of `model` (fp32, eval mode; left unchanged)."""
+    import torch.ao.nn.intrinsic.qat as nniqat
+    from torch.ao.quantization import disable_observer
+
+    from edge.quantize.torch_ptq import _quiet_deprecations, prepare, qat_qconfig
+
+    if len(data.x) == 0:
+        raise UserError(f"no training samples in {data.source}")
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    teacher = copy.deepcopy(model).eval()
+    student, clamped = prepare(model, example, qat_qconfig(), qat=True)
+    for m in student.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    per_epoch = math.ceil(len(data.x) / batch_size)
+    steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
+    freeze = max(1, round(steps * FREEZE_AT))
+    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=lr, momentum=MOMENTUM)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    losses, bar = [], _Progress(steps)
+    with _quiet_deprecations():
+        for step, idx in enumerate(_batches(len(data.x), batch_size, steps, rng)):
+            if step == freeze:
+                student.apply(disable_observer)
+                student.apply(nniqat.freeze_bn_stats)
+            x = _augment(torch.from_numpy(data.x[idx]), rng)
+            with torch.no_grad():
+                target = teacher(x)
+            loss = _loss(student(x), target, None if data.labels is None else torch.from_numpy(data.labels[idx]))
+            if not torch.isfinite(loss):
+                bar.close()
+                raise ConversionError(f"QAT diverged at step {step + 1} of {steps} (loss {loss.item()}); "
+                                      f"lower --lr (it was {lr:g})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(step + 1, losses[-1])
+    bar.close()
+    student.eval()
+    window = max(1, min(per_epoch, steps // 4))
+    record = {
+        "data": data.source, "samples": int(len(data.x)),
+        "objective": ("cross-entropy on the labels + " if data.labels is not None else "")
+        + "KL divergence to the fp32 model's softmax (distillation)",
+        "augmentation": f"random crop {CROP_SCALE[0]:.0%}-{CROP_SCALE[1]:.0%} of the side, resized back; "
+                        "random horizontal flip",
+        "steps": steps, "epochs": round(steps / per_epoch, 2), "batch_size": batch_size, "lr": lr,
+        "optimizer": f"SGD momentum {MOMENTUM}, cosine decay to 0", "freeze_step": freeze,
+        "frozen_after_freeze_step": ["activation and weight observers", "batch-norm statistics"],
+        "loss_start": round(float(np.mean(losses[:window])), 5),
+        "loss_end": round(float(np.mean(losses[-window:])), 5),
+        "relu6_clamped_observers": clamped, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+    }
+    log.info("qat: %d steps, loss %.4g -> %.4g (%.0f s)", steps, record["loss_start"], record["loss_end"],
+             record["seconds"])
+    return QATResult(student, float_model(student), record)
+
+
+def _batches(n: int, batch_size: int, steps: int, rng):
+    """Indices of `steps` batches, epoch after epoch, each epoch a fresh permutation."""
+    done = 0
+    while True:
+        perm = rng.permutation(n)
+        for i in range(0, n, batch_size):
+            if done == steps:
+                return
+            yield np.sort(perm[i:i + batch_size])
+            done += 1
+
+
+def _augment(x: torch.Tensor, rng) -> torch.Tensor:
+    """Per sample: a random square crop of CROP_SCALE of the side, resized back, and a random flip."""
+    h, w = x.shape[2:]
+    out = []
+    for sample in x:
+        s = int(round(min(h, w) * rng.uniform(*CROP_SCALE)))
+        top, left = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+        crop = sample[None, :, top:top + s, left:left + s]
+        if s != h or s != w:
+            crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+        out.append(crop.flip(3) if rng.random() < 0.5 else crop)
+    return torch.cat(out)
+
+
+def _loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    kd = F.kl_div(F.log_softmax(student, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean")
+    return kd if labels is None else kd + F.cross_entropy(student, labels)
+
+
+def float_model(prepared: nn.Module) -> nn.Module:
+    """The fine-tuned float network of a QAT model: each QAT conv/linear (with its BN folded in,
+    as the int8 model has it) becomes a plain float module; fake quantization is removed."""
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+    gm = copy.deepcopy(prepared).eval()
+    modules = dict(gm.named_modules(remove_duplicate=False))  # FX shares one observer along pad chains
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        m = modules[node.target]
+        if isinstance(m, FakeQuantizeBase):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+        elif hasattr(m, "weight_fake_quant") and hasattr(m, "to_float"):
+            parent, _, name = node.target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, name, m.to_float().eval())
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm.eval()
+
+
+def to_lite(prepared: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, dict]:
+    """The trained fake-quant model as a traced int8 qnnpack module, with its learned ranges."""
+    from edge.quantize import torch_ptq
+
+    start = time.perf_counter()
+    traced, info = torch_ptq.to_lite(prepared, example)
+    return traced, {
+        "engine": torch_ptq.ENGINE, "method": "qat", "per_channel": True,
+        "qconfig": {
+            "activation": "quint8 per-tensor affine, full 0..255 range, ranges learned in QAT "
+                          "(moving-average min/max, frozen late)",
+            "weight": "qint8 per-channel symmetric, scale >= 2**-12, from the fine-tuned weights",
+            "bn_folded": True, **info["fixes"],
+        },
+        "quantized_ops": info["ops"], "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+class _Progress:
+    """A one-line progress bar with the loss on stderr (only when the edge log shows INFO)."""
+
+    def __init__(self, total: int, width: int = 24):
+        self.total, self.width, self.start = total, width, time.perf_counter()
+        self.on = log.isEnabledFor(logging.INFO)
+
+    def update(self, done: int, loss: float) -> None:
+        if not self.on:
+            return
+        fill = self.width * done // self.total
+        rate = (time.perf_counter() - self.start) / done
+        sys.stderr.write(f"\redge: qat [{'#' * fill}{'.' * (self.width - fill)}] {done}/{self.total} "
+                         f"loss {loss:.4f} {rate:.2f} s/step")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\n")
+            self.on = False
