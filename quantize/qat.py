@@ -119,6 +119,7 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
             losses.append(loss.item())
             bar.update(step + 1, losses[-1])
     bar.close()
+    student.apply(disable_observer)  # a FakeQuantize observes in eval mode too: keep the learned ranges
     student.eval()
     window = max(1, min(per_epoch, steps // 4))
     record = {
@@ -171,8 +172,10 @@ def _loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | N
 
 
 def float_model(prepared: nn.Module) -> nn.Module:
-    """The fine-tuned float network of a QAT model: each QAT conv/linear (with its BN folded in,
-    as the int8 model has it) becomes a plain float module; fake quantization is removed."""
+    """The fine-tuned network of a QAT model in float: each QAT conv/linear becomes a plain float
+    module with its BN folded in and its weights on their trained int8 levels (the [-127, 127]
+    per-channel grid that ONNX and TFLite quantize to as well, so their weights are the trained
+    ones exactly); activation fake quantization is removed."""
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
     gm = copy.deepcopy(prepared).eval()
@@ -186,11 +189,20 @@ def float_model(prepared: nn.Module) -> nn.Module:
             gm.graph.erase_node(node)
         elif hasattr(m, "weight_fake_quant") and hasattr(m, "to_float"):
             parent, _, name = node.target.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, name, m.to_float().eval())
+            setattr(gm.get_submodule(parent) if parent else gm, name, _on_grid(m))
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm.eval()
+
+
+@torch.no_grad()
+def _on_grid(qat_module: nn.Module) -> nn.Module:
+    """qat_module.to_float() (BN folded), its weight replaced by the fake-quantized weight."""
+    flt = qat_module.to_float().eval()
+    lin = flt[0] if isinstance(flt, nn.Sequential) else flt  # Conv/Linear + ReLU come as a Sequential
+    lin.weight.copy_(qat_module.weight_fake_quant(lin.weight))
+    return flt
 
 
 def to_lite(prepared: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, dict]:
@@ -204,7 +216,7 @@ def to_lite(prepared: nn.Module, example: torch.Tensor) -> tuple[torch.jit.Scrip
         "qconfig": {
             "activation": "quint8 per-tensor affine, full 0..255 range, ranges learned in QAT "
                           "(moving-average min/max, frozen late)",
-            "weight": "qint8 per-channel symmetric, scale >= 2**-12, from the fine-tuned weights",
+            "weight": "qint8 per-channel symmetric [-127, 127], scale >= 2**-12, trained in QAT",
             "bn_folded": True, **info["fixes"],
         },
         "quantized_ops": info["ops"], "seconds": round(time.perf_counter() - start, 1),

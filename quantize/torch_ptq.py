@@ -75,18 +75,19 @@ def _qconfig(method: str, per_channel: bool):
 
 
 def qat_qconfig(per_channel: bool = True):
-    """The PTQ qconfig as fake quantization for training: the same dtypes, ranges, scale floor and
+    """The PTQ qconfig as fake quantization for training: the same dtypes, scale floor and
     ReLU6-aware activation observers, but moving-average min/max, which follows the weights and
     activations as they train (a histogram per training step would also be far too slow). Plain
     FakeQuantize, not torch's fused default: the fused kernel bypasses the observer's forward,
-    where the ReLU6 clamping happens."""
+    where the ReLU6 clamping happens. Weights use [-127, 127] (scale absmax/127), the grid ONNX
+    and TFLite quantize weights to, so the trained weights land on the same levels in all three."""
     from torch.ao.quantization import FakeQuantize, QConfig
 
     act = _activation_observer("moving_minmax")
     weight = _weight_observer(per_channel, moving=True)
     return QConfig(activation=FakeQuantize.with_args(observer=act.p.func, quant_min=0, quant_max=255,
                                                      **act.p.keywords),
-                   weight=FakeQuantize.with_args(observer=weight.p.func, quant_min=-128, quant_max=127,
+                   weight=FakeQuantize.with_args(observer=weight.p.func, quant_min=-127, quant_max=127,
                                                  **weight.p.keywords))
 
 
