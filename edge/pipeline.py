@@ -86,7 +86,7 @@ def build(config: BuildConfig) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix=".edge-build-", dir=out) as staging:
         staging = Path(staging).resolve()  # exporters may run tools in other working folders
         ctx = ExportContext(qat.float_model if qat else model, shape, staging, calib.x if calib else None,
-                            config.calib_method, config.io, config.opset, qat=qat.prepared if qat else None)
+                            config.calib_method, config.io, config.opset, qat=qat)
         for i, target in enumerate(targets, 1):
             t0 = time.perf_counter()
             log.info("[%d/%d] %s %s: exporting", i, len(targets), target.name, config.precision)

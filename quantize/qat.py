@@ -57,7 +57,8 @@ class TrainSet:
 @dataclass
 class QATResult:
     prepared: nn.Module  # the trained fake-quant model (FX-prepared, eval mode, observers frozen)
-    float_model: nn.Module  # the fine-tuned float network, BN folded, no fake quantization
+    float_model: nn.Module  # the fine-tuned float network, BN folded, no fake quantization (an FX GraphModule)
+    ranges: dict  # float_model node name -> (lo, hi, clamp or None): the learned range of that node's output
     record: dict  # the recipe and its figures, for the manifest
 
 
@@ -137,7 +138,7 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
     }
     log.info("qat: %d steps, loss %.4g -> %.4g (%.0f s)", steps, record["loss_start"], record["loss_end"],
              record["seconds"])
-    return QATResult(student, float_model(student), record)
+    return QATResult(student, *float_model(student), record)
 
 
 def _batches(n: int, batch_size: int, steps: int, rng):
@@ -171,20 +172,23 @@ def _loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | N
     return kd if labels is None else kd + F.cross_entropy(student, labels)
 
 
-def float_model(prepared: nn.Module) -> nn.Module:
+def float_model(prepared: nn.Module) -> tuple[nn.Module, dict]:
     """The fine-tuned network of a QAT model in float: each QAT conv/linear becomes a plain float
     module with its BN folded in and its weights on their trained int8 levels (the [-127, 127]
     per-channel grid that ONNX and TFLite quantize to as well, so their weights are the trained
-    ones exactly); activation fake quantization is removed."""
+    ones exactly); activation fake quantization is removed. Also returns, per node whose output
+    was fake-quantized, its learned range (lo, hi) and the clamp its observer applied (or None)."""
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
     gm = copy.deepcopy(prepared).eval()
+    ranges = {}
     modules = dict(gm.named_modules(remove_duplicate=False))  # FX shares one observer along pad chains
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
         m = modules[node.target]
         if isinstance(m, FakeQuantizeBase):
+            ranges.setdefault(node.args[0].name, _range(m))
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
         elif hasattr(m, "weight_fake_quant") and hasattr(m, "to_float"):
@@ -193,7 +197,38 @@ def float_model(prepared: nn.Module) -> nn.Module:
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    return gm.eval()
+    return gm.eval(), ranges
+
+
+def _range(fq) -> tuple[float, float, tuple[float, float] | None]:
+    from edge.quantize.torch_ptq import _clamp_aware
+
+    scale, zp = float(fq.scale.reshape(-1)[0]), int(fq.zero_point.reshape(-1)[0])
+    observer = _clamp_aware(fq)
+    return (fq.quant_min - zp) * scale, (fq.quant_max - zp) * scale, observer.clamp if observer else None
+
+
+@torch.no_grad()
+def learned_ranges(result: QATResult, x0: np.ndarray) -> list[tuple[np.ndarray, tuple[float, float]]]:
+    """The learned activation ranges, each with the values its tensor takes in the fine-tuned float
+    network on the one sample x0 (C, H, W): what ONNX quantization matches its tensors by. Where the
+    observer recorded clamped values (a ReLU6 follows), the clamped values are given."""
+    values = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in result.ranges and isinstance(out, torch.Tensor):
+                values[n.name] = out.detach().float().numpy()
+            return out
+
+    Recorder(result.float_model).run(torch.from_numpy(np.ascontiguousarray(x0[None], np.float32)))
+    known = []
+    for name, (lo, hi, clamp) in result.ranges.items():
+        if name in values:
+            v = values[name] if clamp is None else np.clip(values[name], *clamp)
+            known.append((v, (lo, hi)))
+    return known
 
 
 @torch.no_grad()

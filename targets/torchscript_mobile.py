@@ -55,7 +55,7 @@ class TorchScriptMobile:
             if precision == "int8" and ctx.qat is not None:  # keep the ranges learned in training
                 from edge.quantize.qat import to_lite
 
-                traced, details["quantization"] = to_lite(ctx.qat, example)
+                traced, details["quantization"] = to_lite(ctx.qat.prepared, example)
             elif precision == "int8":
                 from edge.quantize.torch_ptq import DEFAULT_METHOD, quantize_torch
 
