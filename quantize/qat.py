@@ -12,8 +12,9 @@ they will be folded). The network is then fine-tuned briefly:
 Light augmentation (a random crop of 80-100% of the side, resized back, and a random horizontal
 flip) stretches a few hundred images over several epochs. SGD with momentum and a cosine decay;
 dropout is off (the student should match the teacher's eval-mode outputs). After 2/3 of the
-steps the observers stop moving the ranges and batch norm stops updating its statistics, so the
-last third trains the weights against fixed quantization grids and fixed folding.
+steps the observers stop moving the ranges, so the last third trains the weights against fixed
+quantization grids. Batch norm runs on its running statistics throughout (frozen from step 0,
+see FREEZE_BN_AT for the measurement), so the folding the int8 model will have is what trains.
 
 The result reaches the targets as (1) the trained fake-quant model, which `convert_fx` turns into
 the int8 .ptl with the learned ranges, and (2) the fine-tuned float network with BN folded in,
@@ -38,10 +39,17 @@ from edge.errors import ConversionError, UserError
 log = logging.getLogger("edge")
 
 DEFAULT_EPOCHS = 10
-DEFAULT_LR = 1e-4
+# EfficientNet-Lite0, 16 steps of distillation on 64 photos, KL to fp32 on 32 other photos: 0.0150
+# with the ranges alone (lr 1e-9), 0.0095 at lr 1e-3, divergence (KL 4.0) at lr 1e-2
+DEFAULT_LR = 1e-3
 BATCH_SIZE = 16
 MOMENTUM = 0.9
-FREEZE_AT = 2 / 3  # fraction of the steps after which observers and BN statistics are frozen
+FREEZE_AT = 2 / 3  # fraction of the steps after which the observers are frozen
+# Fraction of the steps after which batch norm stops using and updating batch statistics. 0: from
+# the start. Measured on EfficientNet-Lite0 (real weights, 16 photos): batch statistics alone put
+# its output at a KL divergence of 2.55 from the eval-mode output, all of int8 fake quantization
+# at 0.014; with batch statistics, a short fine-tune on a few hundred images chases BN noise.
+FREEZE_BN_AT = 0.0
 CROP_SCALE = (0.8, 1.0)  # random crop side, as a fraction of the input side
 
 
@@ -96,7 +104,7 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
             m.eval()
     per_epoch = math.ceil(len(data.x) / batch_size)
     steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
-    freeze = max(1, round(steps * FREEZE_AT))
+    freeze, freeze_bn = max(1, round(steps * FREEZE_AT)), round(steps * FREEZE_BN_AT)
     opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=lr, momentum=MOMENTUM)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     losses, bar = [], _Progress(steps)
@@ -104,6 +112,7 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
         for step, idx in enumerate(_batches(len(data.x), batch_size, steps, rng)):
             if step == freeze:
                 student.apply(disable_observer)
+            if step == freeze_bn:
                 student.apply(nniqat.freeze_bn_stats)
             x = _augment(torch.from_numpy(data.x[idx]), rng)
             with torch.no_grad():
@@ -131,9 +140,9 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
                         "random horizontal flip",
         "steps": steps, "epochs": round(steps / per_epoch, 2), "batch_size": batch_size, "lr": lr,
         "optimizer": f"SGD momentum {MOMENTUM}, cosine decay to 0", "freeze_step": freeze,
-        "frozen_after_freeze_step": ["activation and weight observers", "batch-norm statistics"],
-        "loss_start": round(float(np.mean(losses[:window])), 5),
-        "loss_end": round(float(np.mean(losses[-window:])), 5),
+        "frozen_after_freeze_step": ["activation and weight observers"], "bn_stats_freeze_step": freeze_bn,
+        "loss_start": float(f"{np.mean(losses[:window]):.4g}"),
+        "loss_end": float(f"{np.mean(losses[-window:]):.4g}"),
         "relu6_clamped_observers": clamped, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("qat: %d steps, loss %.4g -> %.4g (%.0f s)", steps, record["loss_start"], record["loss_end"],
