@@ -87,32 +87,59 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
               lr: float = DEFAULT_LR, max_steps: int | None = None, batch_size: int = BATCH_SIZE,
               seed: int = 0) -> QATResult:
     """Quantization-aware fine-tuning of a copy of `model` (fp32, eval mode; left unchanged)."""
-    import torch.ao.nn.intrinsic.qat as nniqat
     from torch.ao.quantization import disable_observer
 
-    from edge.quantize.torch_ptq import _quiet_deprecations, prepare, qat_qconfig
+    from edge.quantize.torch_ptq import prepare, qat_qconfig
 
     if len(data.x) == 0:
         raise UserError(f"no training samples in {data.source}")
     start = time.perf_counter()
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    teacher = copy.deepcopy(model).eval()
     student, clamped = prepare(model, example, qat_qconfig(), qat=True)
     for m in student.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
     per_epoch = math.ceil(len(data.x) / batch_size)
     steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
-    freeze, freeze_bn = max(1, round(steps * FREEZE_AT)), round(steps * FREEZE_BN_AT)
+    plan = {"steps": steps, "freeze_step": max(1, round(steps * FREEZE_AT)),
+            "bn_stats_freeze_step": round(steps * FREEZE_BN_AT)}
+    losses = _train(student, copy.deepcopy(model).eval(), data, plan, lr, batch_size, np.random.default_rng(seed))
+    student.apply(disable_observer)  # a FakeQuantize observes in eval mode too: keep the learned ranges
+    student.eval()
+    window = max(1, min(per_epoch, steps // 4))
+    record = {
+        "data": data.source, "samples": int(len(data.x)),
+        "objective": ("cross-entropy on the labels + " if data.labels is not None else "")
+        + "KL divergence to the fp32 model's softmax (distillation)",
+        "augmentation": f"random crop {CROP_SCALE[0]:.0%}-{CROP_SCALE[1]:.0%} of the side, resized back; "
+                        "random horizontal flip",
+        **plan, "epochs": round(steps / per_epoch, 2), "batch_size": batch_size, "lr": lr,
+        "optimizer": f"SGD momentum {MOMENTUM}, cosine decay to 0",
+        "loss_start": float(f"{np.mean(losses[:window]):.4g}"), "loss_end": float(f"{np.mean(losses[-window:]):.4g}"),
+        "relu6_clamped_observers": clamped, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+    }
+    log.info("qat: %d steps, loss %.4g -> %.4g (%.0f s)", steps, record["loss_start"], record["loss_end"],
+             record["seconds"])
+    return QATResult(student, *float_model(student), record)
+
+
+def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, plan: dict, lr: float, batch_size: int,
+           rng) -> list[float]:
+    """The training loop; returns the loss of every step."""
+    import torch.ao.nn.intrinsic.qat as nniqat
+    from torch.ao.quantization import disable_observer
+
+    from edge.quantize.torch_ptq import _quiet_deprecations
+
+    steps = plan["steps"]
     opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=lr, momentum=MOMENTUM)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     losses, bar = [], _Progress(steps)
     with _quiet_deprecations():
         for step, idx in enumerate(_batches(len(data.x), batch_size, steps, rng)):
-            if step == freeze:
+            if step == plan["freeze_step"]:
                 student.apply(disable_observer)
-            if step == freeze_bn:
+            if step == plan["bn_stats_freeze_step"]:
                 student.apply(nniqat.freeze_bn_stats)
             x = _augment(torch.from_numpy(data.x[idx]), rng)
             with torch.no_grad():
@@ -129,25 +156,7 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
             losses.append(loss.item())
             bar.update(step + 1, losses[-1])
     bar.close()
-    student.apply(disable_observer)  # a FakeQuantize observes in eval mode too: keep the learned ranges
-    student.eval()
-    window = max(1, min(per_epoch, steps // 4))
-    record = {
-        "data": data.source, "samples": int(len(data.x)),
-        "objective": ("cross-entropy on the labels + " if data.labels is not None else "")
-        + "KL divergence to the fp32 model's softmax (distillation)",
-        "augmentation": f"random crop {CROP_SCALE[0]:.0%}-{CROP_SCALE[1]:.0%} of the side, resized back; "
-                        "random horizontal flip",
-        "steps": steps, "epochs": round(steps / per_epoch, 2), "batch_size": batch_size, "lr": lr,
-        "optimizer": f"SGD momentum {MOMENTUM}, cosine decay to 0", "freeze_step": freeze,
-        "frozen_after_freeze_step": ["activation and weight observers"], "bn_stats_freeze_step": freeze_bn,
-        "loss_start": float(f"{np.mean(losses[:window]):.4g}"),
-        "loss_end": float(f"{np.mean(losses[-window:]):.4g}"),
-        "relu6_clamped_observers": clamped, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
-    }
-    log.info("qat: %d steps, loss %.4g -> %.4g (%.0f s)", steps, record["loss_start"], record["loss_end"],
-             record["seconds"])
-    return QATResult(student, *float_model(student), record)
+    return losses
 
 
 def _batches(n: int, batch_size: int, steps: int, rng):
