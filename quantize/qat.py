@@ -289,7 +289,7 @@ class _Progress:
         fill = self.width * done // self.total
         rate = (time.perf_counter() - self.start) / done
         sys.stderr.write(f"\redge: qat [{'#' * fill}{'.' * (self.width - fill)}] {done}/{self.total} "
-                         f"loss {loss:.4f} {rate:.2f} s/step")
+                         f"loss {loss:.4g} {rate:.2f} s/step")
         sys.stderr.flush()
 
     def close(self) -> None:
