@@ -85,8 +85,9 @@ def training_set(train: str | None, calib, pre, num_classes: int | None) -> Trai
 
 def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs: int = DEFAULT_EPOCHS,
               lr: float = DEFAULT_LR, max_steps: int | None = None, batch_size: int = BATCH_SIZE,
-              seed: int = 0) -> QATResult:
-    """Quantization-aware fine-tuning of a copy of `model` (fp32, eval mode; left unchanged)."""
+              seed: int = 0, per_channel: bool = True) -> QATResult:
+    """Quantization-aware fine-tuning of a copy of `model` (fp32, eval mode; left unchanged).
+    per_channel=False (per-tensor weights) is for measurements; the targets use per-channel."""
     from torch.ao.quantization import disable_observer
 
     from edge.quantize.torch_ptq import prepare, qat_qconfig
@@ -95,7 +96,7 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
         raise UserError(f"no training samples in {data.source}")
     start = time.perf_counter()
     torch.manual_seed(seed)
-    student, clamped = prepare(model, example, qat_qconfig(), qat=True)
+    student, clamped = prepare(model, example, qat_qconfig(per_channel), qat=True)
     for m in student.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
@@ -116,7 +117,7 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
         **plan, "epochs": round(steps / per_epoch, 2), "batch_size": batch_size, "lr": lr,
         "optimizer": f"SGD momentum {MOMENTUM}, cosine decay to 0",
         "loss_start": float(f"{np.mean(losses[:window]):.4g}"), "loss_end": float(f"{np.mean(losses[-window:]):.4g}"),
-        "relu6_clamped_observers": clamped, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+        "relu6_clamped_observers": clamped, "per_channel_weights": per_channel, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("qat: %d steps, loss %.4g -> %.4g (%.0f s)", steps, record["loss_start"], record["loss_end"],
              record["seconds"])
