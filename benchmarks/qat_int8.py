@@ -54,7 +54,9 @@ def main() -> None:
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--max-steps", type=int)
     a.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    a.add_argument("--tag", help="save as results/qat_int8-TAG.{md,json} (for a variant of the recipe)")
     args = a.parse_args()
+    env = environment(args.threads)  # at the start: the commit that actually runs
     if not IMAGENET_SAMPLE.exists():
         sys.exit(f"needs {IMAGENET_SAMPLE} (the shared ImageNet sample)")
     import torch
@@ -67,10 +69,9 @@ def main() -> None:
     recipe = next(iter(qat.values()))["qat"]
     rows = [row(t, ptq[t], qat[t]) for t in TARGETS.names()]
     passed = all(r["qat_minus_ptq_pp"] >= 0 and r["qat_minus_fp32_pp"] >= -BAR_PP for r in rows)
-    data = {"environment": environment(args.threads), "training_and_calibration": "250 unlabelled photos "
+    data = {"environment": env, "training_and_calibration": "250 unlabelled photos "
             "(class_index -1), distillation from fp32", "evaluation": "750 labelled photos", "bar_pp": BAR_PP,
             "passed": passed, "qat_recipe": recipe, "rows": rows}
-    env = data["environment"]
     lines = ["# QAT vs PTQ int8: EfficientNet-Lite0 (ImageNet weights) on the shared ImageNet sample\n",
              f"{env['date']}, {env['machine']['processor']}, {env['machine']['cpu_count']} cores, "
              f"{args.threads} torch thread(s), edge {env['git_commit']}. PTQ calibrates on the 250 unlabelled "
@@ -89,7 +90,7 @@ def main() -> None:
                      f"{r['ptq_mean_cosine']:.4f} / {r['qat_mean_cosine']:.4f} |")
     lines.append(f"\n**Bar: for every target QAT >= PTQ and QAT within {BAR_PP} pp of fp32 -> "
                  f"{'PASS' if passed else 'FAIL'}**\n")
-    save("qat_int8", data, "\n".join(lines) + "\n")
+    save("qat_int8" + (f"-{args.tag}" if args.tag else ""), data, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def main() -> None:
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--threads", type=int, default=1)
     args = a.parse_args()
+    env = environment(args.threads)  # at the start: the commit that actually runs
     import numpy as np
     import torch
 
@@ -62,8 +63,7 @@ def main() -> None:
         rows.append({"weights": kind, "fp32_top1": fp32, "ptq_top1": top1(ptq, work, f"ptq-{kind}", x, labels),
                      "qat_top1": top1(qtraced, work, f"qat-{kind}", x, labels), "qat_recipe": r.record})
         print(rows[-1], flush=True)
-    data = {"environment": environment(args.threads), "rows": rows}
-    env = data["environment"]
+    data = {"environment": env, "rows": rows}
     lines = ["# PTQ vs QAT with per-tensor weights: EfficientNet-Lite0 .ptl (lite interpreter)\n",
              f"{env['date']}, {env['machine']['cpu_count']} cores, {args.threads} torch thread(s), edge "
              f"{env['git_commit']}. Calibration and QAT distillation on the 250 unlabelled photos "
