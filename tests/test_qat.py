@@ -151,3 +151,60 @@ def test_cli_train_labels_beyond_the_model(out, tmp_path, capsys):
     (d / "labels.csv").write_text("file,class_index\na.jpg,50\n")
     fail(["build", "--model", "tiny", "--weights", "random", "--target", "onnx", "--int8", "--qat",
           "--train", str(d), "--out", str(out)], capsys, 2, "class index 50", "10 classes", out=out)
+
+
+def _onnx_weights(path) -> list[np.ndarray]:
+    """The int8 weights of a QDQ model, dequantized."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    out = []
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0, np.uint8)).dtype == np.int8:
+            q, s = inits[n.input[0]].astype(np.float32), inits[n.input[1]]
+            out.append(q * (s.reshape([-1] + [1] * (q.ndim - 1)) if s.ndim else s))
+    return out
+
+
+def _tflite_weights(path) -> list[np.ndarray]:
+    """The int8 conv/linear weights of a .tflite, dequantized, in both torch layouts a kernel can map to."""
+    from edge.targets.tflite import interpreter_class
+
+    it = interpreter_class()[0](model_path=str(path))
+    it.allocate_tensors()
+    out = []
+    for t in it.get_tensor_details():
+        if t["dtype"] != np.int8 or len(t["shape"]) not in (2, 4):
+            continue
+        try:
+            q = it.get_tensor(t["index"]).astype(np.float32)
+        except ValueError:  # activations have no data
+            continue
+        qp = t["quantization_parameters"]
+        shape = [1] * q.ndim
+        shape[qp["quantized_dimension"]] = -1
+        v = q * qp["scales"].reshape(shape)
+        out += [v.transpose(0, 3, 1, 2), v.transpose(3, 0, 1, 2)] if q.ndim == 4 else [v]  # OHWI, 1HWC
+    return out
+
+
+def test_trained_int8_weights_reach_onnx_and_tflite_exactly(tiny, tmp_path):
+    """The float network ONNX and TFLite start from carries the trained weights on their int8 grid, which
+    is theirs too: their per-channel quantization must give back exactly the trained levels."""
+    from edge.targets.base import ExportContext
+
+    spec, model, cal, _ = tiny
+    r = qat.fine_tune(model, torch.zeros(SHAPE), qat.training_set(None, cal, None, spec.num_classes),
+                      max_steps=20, lr=1e-2)
+    trained = {n: p.detach().numpy() for n, p in r.float_model.named_parameters() if n.endswith("weight")}
+    assert len(trained) == 5
+    ctx = ExportContext(r.float_model, SHAPE, tmp_path, cal.x, qat=r)
+    onnx_info = TARGETS.get("onnx").export(ctx, "int8", tmp_path / "m.onnx").details["quantization"]
+    assert onnx_info["known_ranges"]["matched"] >= 5  # the learned activation ranges were carried over
+    TARGETS.get("tflite").export(ctx, "int8", tmp_path / "m.tflite")
+    for got in (_onnx_weights(tmp_path / "m.onnx"), _tflite_weights(tmp_path / "m.tflite")):
+        for name, w in trained.items():
+            diffs = [np.abs(g - w).max() for g in got if g.shape == w.shape]
+            assert diffs and min(diffs) == 0.0, f"{name}: trained int8 levels not kept ({min(diffs, default=None)})"
