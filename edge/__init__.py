@@ -12,7 +12,8 @@ def build(model: str = "efficientnet_lite0", target: str = "tflite", *, precisio
           out: str | None = None, **options) -> dict | list[dict]:
     """Build `model` for `target` ("all" for every target) and verify it; returns the manifest
     (a list of manifests for "all"). Options are BuildConfig fields: weights, calib,
-    calib_method, eval, io, input_shape, budget, opset. Raises edge.errors.EdgeError."""
+    calib_method, eval, io, input_shape, budget, opset, and for quantization-aware training qat,
+    train, epochs, lr, max_steps. Raises edge.errors.EdgeError."""
     from edge.config import BuildConfig
     from edge.pipeline import build as _build
     from edge.targets import TARGETS

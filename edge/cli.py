@@ -35,6 +35,21 @@ def _budget(a: argparse.Namespace) -> dict:
     return {k: getattr(a, k) for k in BUDGET_KEYS if getattr(a, k, None) is not None}
 
 
+def _add_qat_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantization-aware training (with --int8)")
+    g.add_argument("--qat", action="store_true",
+                   help="fine-tune with fake quantization before the int8 export (see README)")
+    g.add_argument("--train", metavar="DIR", help="labelled training images (ImageFolder tree or labels.csv); "
+                                                  "without it, distillation from fp32 on the calibration images")
+    g.add_argument("--epochs", type=int, help="passes over the training images (default 10)")
+    g.add_argument("--lr", type=float, help="learning rate (SGD, cosine decay; default 1e-3)")
+    g.add_argument("--max-steps", type=int, help="stop after this many steps (batches of 16)")
+
+
+def _qat_options(a: argparse.Namespace) -> dict:
+    return {"qat": a.qat, "train": a.train, "epochs": a.epochs, "lr": a.lr, "max_steps": a.max_steps}
+
+
 def parser() -> argparse.ArgumentParser:
     from edge.models import MODELS
     from edge.targets import TARGETS
@@ -62,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     b.add_argument("--out", help="output folder (default: out/MODEL)")
     _add_budget_args(b)
+    _add_qat_args(b)
 
     v = sub.add_parser("verify", help="re-run the parity check of an existing build folder (for CI)")
     v.add_argument("out_dir")
@@ -113,7 +129,8 @@ def cmd_build(a: argparse.Namespace) -> int:
     model_name = a.model.split(":")[0].rsplit("/", 1)[-1].removesuffix(".py")
     cfg = BuildConfig(model=a.model, targets=targets, precision=a.precision or "fp32", weights=a.weights,
                       out=a.out or f"out/{model_name}", calib=a.calib, calib_method=a.calib_method,
-                      eval=a.eval, io=a.io, input_shape=a.input_shape, budget=_budget(a), opset=a.opset)
+                      eval=a.eval, io=a.io, input_shape=a.input_shape, budget=_budget(a), opset=a.opset,
+                      **_qat_options(a))
     from edge.pipeline import build
 
     for m in build(cfg):

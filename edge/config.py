@@ -26,6 +26,12 @@ class BuildConfig:
     input_shape: tuple[int, ...] | None = None
     budget: dict[str, float] = field(default_factory=dict)  # overrides of the model's budgets
     opset: int = 17
+    # Quantization-aware training (int8 only); None: the recipe's default (edge.quantize.qat)
+    qat: bool = False
+    train: str | None = None  # labelled training images; without it, distillation on the calibration set
+    epochs: int | None = None
+    lr: float | None = None
+    max_steps: int | None = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -49,6 +55,24 @@ class BuildConfig:
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         object.__setattr__(self, "targets", tuple(self.targets))
+        self._check_qat()
+
+    def _check_qat(self) -> None:
+        if not self.qat:
+            given = [f"--{k.replace('_', '-')}" for k in ("train", "epochs", "lr", "max_steps")
+                     if getattr(self, k) is not None]
+            if given:
+                raise UserError(f"{', '.join(given)} only apply to quantization-aware training; add --qat")
+            return
+        if self.precision != "int8":
+            raise UserError("--qat trains for int8; add --int8")
+        for k in ("epochs", "max_steps"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise UserError(f"--{k.replace('_', '-')} must be a positive whole number, not {v!r}")
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not 0 < self.lr < float("inf")):
+            raise UserError(f"--lr must be a positive number, not {self.lr!r}")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

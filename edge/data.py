@@ -70,14 +70,15 @@ class LabelledSet:
     source: str
 
 
-def load_labelled(folder: str | Path) -> LabelledSet:
+def load_labelled(folder: str | Path, what: str = "evaluation folder") -> LabelledSet:
     """A labelled evaluation set: a folder with `labels.csv` (file,class_index[,...]; rows with a
     negative index are skipped) and an `images/` subfolder or the files beside it, or an
     ImageFolder tree (one subfolder per class; numeric names are class indices, otherwise the
-    sorted folder names give the indices, as torchvision's ImageFolder does)."""
+    sorted folder names give the indices, as torchvision's ImageFolder does). `what` names the
+    folder in error messages."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"evaluation folder {folder} does not exist; pass an ImageFolder tree "
+        raise UserError(f"{what} {folder} does not exist; pass an ImageFolder tree "
                         f"or a folder with labels.csv")
     csv_path = folder / "labels.csv"
     if csv_path.exists():
@@ -102,7 +103,7 @@ def load_labelled(folder: str | Path) -> LabelledSet:
                 paths.append(p)
                 labels.append(int(c) if numeric else i)
     if not paths:
-        raise UserError(f"evaluation folder {folder} has no labelled images; it needs labels.csv "
+        raise UserError(f"{what} {folder} has no labelled images; it needs labels.csv "
                         f"(file,class_index) or one subfolder per class")
     missing = [p for p in paths if not p.exists()]
     if missing:

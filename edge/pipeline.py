@@ -81,12 +81,13 @@ def build(config: BuildConfig) -> list[dict]:
     reference = TorchRunner(model)
     check = _check_set(config, spec, shape, reference, parity)
     budget = {**spec.budget(config.precision), **config.budget}
+    qat = _qat(config, spec, model, shape, calib) if config.qat else None
 
     manifests, failures = [], []
     with tempfile.TemporaryDirectory(prefix=".edge-build-", dir=out) as staging:
         staging = Path(staging).resolve()  # exporters may run tools in other working folders
-        ctx = ExportContext(model, shape, staging, calib.x if calib else None, config.calib_method,
-                            config.io, config.opset)
+        ctx = ExportContext(qat.float_model if qat else model, shape, staging, calib.x if calib else None,
+                            config.calib_method, config.io, config.opset, qat=qat)
         for i, target in enumerate(targets, 1):
             t0 = time.perf_counter()
             log.info("[%d/%d] %s %s: exporting", i, len(targets), target.name, config.precision)
@@ -106,6 +107,7 @@ def build(config: BuildConfig) -> list[dict]:
             m = _manifest(config, spec, shape, target, exported, report, calib, runner.runtime, build_s)
             if fallback:
                 m["fallback"] = fallback
+            m["qat"] = qat.record if qat else None
             manifests.append(_publish(exported.path, m, dest))
     if failures:
         raise ParityError("parity check failed: " + " | ".join(failures))
@@ -199,6 +201,20 @@ def _fall_back(target, ctx: ExportContext, first: Attempt, model, budget: dict, 
                 f"{', '.join(l.module for l in best_kept) or 'none'}; at most {cap} of {len(ranked)} layers "
                 "may stay in float",
     }
+
+
+def _qat(cfg: BuildConfig, spec: ModelSpec, model, shape, calib: Samples):
+    """Quantization-aware fine-tuning, once per build: every int8 target starts from its result."""
+    import torch
+
+    from edge.quantize import qat
+
+    if cfg.train and cfg.eval and Path(cfg.train).resolve() == Path(cfg.eval).resolve():
+        log.warning("--train and --eval are the same folder: the accuracy check then measures training images")
+    data = qat.training_set(cfg.train, calib, spec.preprocess.at(shape[2]), spec.num_classes)
+    opts = {k: v for k, v in (("epochs", cfg.epochs), ("lr", cfg.lr), ("max_steps", cfg.max_steps)) if v is not None}
+    log.info("qat: fine-tuning on %s", data.source)
+    return qat.fine_tune(model, torch.zeros(shape), data, **opts)
 
 
 def _summary(r: ParityReport) -> str:

@@ -35,16 +35,20 @@ ROUNDING_BUDGET = 3e8     # no rounding search where out_channels * fan_in^2 exc
 
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray, *, method: str = DEFAULT_METHOD,
-                  per_channel: bool = True, nodes_to_exclude: Sequence[str] = ()) -> dict:
+                  per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),
+                  known_ranges: Sequence[tuple[np.ndarray, tuple[float, float]]] = ()) -> dict:
     """Write a QDQ int8 model to out_path. `calib` is (N, C, H, W) float32, preprocessed like the model input.
+    `known_ranges`: activation ranges decided elsewhere (by quantization-aware training), each given with the
+    tensor's values on calib[0]; a graph tensor with those values gets that range instead of a calibrated one
+    (matching by value needs no agreement on names between PyTorch and the exported graph).
     Returns a JSON-serialisable dict describing what was done (method, per_channel, formats, excluded nodes, any
     preprocessing such as BN folding) for the build manifest."""
     return _quantize(fp32_path, out_path, calib, method=method, per_channel=per_channel,
-                     nodes_to_exclude=nodes_to_exclude)
+                     nodes_to_exclude=nodes_to_exclude, known_ranges=known_ranges)
 
 
 def _quantize(fp32_path, out_path, calib, *, method, per_channel, nodes_to_exclude, adaround=True,
-              bias_correction=True, float_logits=True) -> dict:
+              bias_correction=True, float_logits=True, known_ranges=()) -> dict:
     """quantize_onnx with the research switches exposed (their defaults are what quantize_onnx does)."""
     if method not in METHODS:
         raise UserError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
@@ -64,8 +68,9 @@ def _quantize(fp32_path, out_path, calib, *, method, per_channel, nodes_to_exclu
             unknown = sorted(set(nodes_to_exclude) - {n.name for n in model.graph.node})
             if unknown:
                 raise UserError(f"nodes_to_exclude names not in the graph: {', '.join(unknown)}")
-            stats = _collect(model, calib, histograms=method in ("percentile", "mse"))
+            stats = _collect(model, calib, histograms=method in ("percentile", "mse"), keep_first=bool(known_ranges))
             ranges = None if method == "entropy" else {t: _range(method, s) for t, s in stats["act"].items()}
+            kept = _known(ranges, stats.get("first", {}), known_ranges) if known_ranges and ranges else None
             done = _quantize_weights(model, stats["lin"], per_channel, set(nodes_to_exclude), adaround,
                                      bias_correction)
             onnx.save(model, str(pre))
@@ -88,6 +93,7 @@ def _quantize(fp32_path, out_path, calib, *, method, per_channel, nodes_to_exclu
         "bias_correction": f"{done['corrected']} layers" if bias_correction else "none",
         "float_outputs": "Gemm (QGemm writes float)" if float_logits else "none",
         "excluded_nodes": list(nodes_to_exclude), "seconds": round(time.time() - start, 1),
+        **({"known_ranges": kept} if kept else {}),
         # onnxruntime's WeightBiasQuantization pass would re-quantize (per tensor) an fp32 Conv/Gemm between
         # DequantizeLinear and QuantizeLinear when the session loads: excluded nodes need it switched off
         **({"session_disabled_optimizers": ["WeightBiasQuantization"]} if nodes_to_exclude else {}),
@@ -118,9 +124,10 @@ def _batches(model, calib: np.ndarray):
         yield {inp.name: np.ascontiguousarray(calib[i:i + batch])}
 
 
-def _collect(model, calib: np.ndarray, histograms: bool) -> dict:
+def _collect(model, calib: np.ndarray, histograms: bool, keep_first: bool = False) -> dict:
     """Run the fp32 model with every float activation exposed. Returns {"act": {tensor: {lo, hi[, hist]}},
-    "lin": {node: {mean: mean input, cov: sum of input patch outer products, n: patches}}} for Conv/Gemm."""
+    "lin": {node: {mean: mean input, cov: sum of input patch outer products, n: patches}}} for Conv/Gemm,
+    and with keep_first, "first": {tensor: its values on the first batch}."""
     import onnx
     import onnxruntime as ort
 
@@ -144,7 +151,10 @@ def _collect(model, calib: np.ndarray, histograms: bool) -> dict:
         for feed in _batches(model, calib):
             yield {**dict(zip(outs, sess.run(outs, feed))), **feed}
 
+    first = {}
     for count, values in enumerate(activations(), 1):
+        if keep_first and count == 1:
+            first = values
         for t, v in values.items():
             s = act.setdefault(t, {"lo": np.inf, "hi": -np.inf})
             s["lo"], s["hi"] = min(s["lo"], float(v.min())), max(s["hi"], float(v.max()))
@@ -164,7 +174,27 @@ def _collect(model, calib: np.ndarray, histograms: bool) -> dict:
                 s["hist"] = s.get("hist", 0) + np.bincount(idx, minlength=HIST_BINS)
     for t in feeds:  # the model input is bounded by preprocessing: never clip it
         act[t].pop("hist", None)
-    return {"act": act, "lin": lin}
+    return {"act": act, "lin": lin, "first": first}
+
+
+def _known(ranges: dict, first: dict, known) -> dict:
+    """Set ranges[t] to a known range for each tensor t whose first-batch values match that range's
+    tensor values (same size, equal within float tolerance). Returns counts for the manifest."""
+    by_size: dict[int, list] = {}
+    for t, v in first.items():
+        if t in ranges:
+            by_size.setdefault(v.size, []).append(t)
+    used, matched = set(), 0
+    for values, rng in known:
+        tol = 1e-3 * max(1.0, float(np.abs(values).max(initial=0.0)))
+        hits = [t for t in by_size.get(values.size, ()) if t not in used
+                and np.abs(first[t].ravel() - values.ravel()).max() <= tol]
+        for t in hits:
+            ranges[t] = (float(min(rng[0], 0.0)), float(max(rng[1], 0.0)))
+            used.add(t)
+        matched += bool(hits)
+    return {"given": len(known), "matched": matched, "tensors_set": len(used),
+            "tensors_calibrated": len(ranges) - len(used)}
 
 
 def _attrs(node) -> dict:

@@ -50,24 +50,45 @@ class _ClampAware:
 
 
 def _activation_observer(method: str):
-    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
+    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
 
-    base = {"minmax": MinMaxObserver, "histogram": HistogramObserver}[method]
+    base = {"minmax": MinMaxObserver, "histogram": HistogramObserver,
+            "moving_minmax": MovingAverageMinMaxObserver}[method]
     observer = type(f"ClampAware{base.__name__}", (_ClampAware, base), {})
     return observer.with_args(dtype=torch.quint8, reduce_range=False)
 
 
-def _qconfig(method: str, per_channel: bool):
-    from torch.ao.quantization import QConfig
-    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+def _weight_observer(per_channel: bool, moving: bool = False):
+    from torch.ao.quantization import observer as obs
 
     if per_channel:
-        weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                                    eps=WEIGHT_SCALE_MIN)
-    else:
-        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric,
-                                          eps=WEIGHT_SCALE_MIN)
-    return QConfig(activation=_activation_observer(method), weight=weight)
+        base = obs.MovingAveragePerChannelMinMaxObserver if moving else obs.PerChannelMinMaxObserver
+        return base.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, eps=WEIGHT_SCALE_MIN)
+    base = obs.MovingAverageMinMaxObserver if moving else obs.MinMaxObserver
+    return base.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, eps=WEIGHT_SCALE_MIN)
+
+
+def _qconfig(method: str, per_channel: bool):
+    from torch.ao.quantization import QConfig
+
+    return QConfig(activation=_activation_observer(method), weight=_weight_observer(per_channel))
+
+
+def qat_qconfig(per_channel: bool = True):
+    """The PTQ qconfig as fake quantization for training: the same dtypes, scale floor and
+    ReLU6-aware activation observers, but moving-average min/max, which follows the weights and
+    activations as they train (a histogram per training step would also be far too slow). Plain
+    FakeQuantize, not torch's fused default: the fused kernel bypasses the observer's forward,
+    where the ReLU6 clamping happens. Weights use [-127, 127] (scale absmax/127), the grid ONNX
+    and TFLite quantize weights to, so the trained weights land on the same levels in all three."""
+    from torch.ao.quantization import FakeQuantize, QConfig
+
+    act = _activation_observer("moving_minmax")
+    weight = _weight_observer(per_channel, moving=True)
+    return QConfig(activation=FakeQuantize.with_args(observer=act.p.func, quant_min=0, quant_max=255,
+                                                     **act.p.keywords),
+                   weight=FakeQuantize.with_args(observer=weight.p.func, quant_min=-127, quant_max=127,
+                                                 **weight.p.keywords))
 
 
 def _backend_config():
@@ -101,7 +122,7 @@ def _mark_clamped_observers(prepared) -> int:
     modules = dict(prepared.named_modules(remove_duplicate=False))
     calls: dict[int, list] = {}
     for n in prepared.graph.nodes:
-        if n.op == "call_module" and isinstance(modules[n.target], _ClampAware):
+        if n.op == "call_module" and _clamp_aware(modules[n.target]) is not None:
             calls.setdefault(id(modules[n.target]), []).append(n)
     marked = 0
     for nodes in calls.values():
@@ -116,9 +137,18 @@ def _mark_clamped_observers(prepared) -> int:
                     or _clamp_bounds(src, modules) == bound or bool(src.args) and src.args[0] in nodes)
 
         if bound[0] <= 0.0 <= bound[1] and all(safe(n) for n in nodes):
-            modules[nodes[0].target].clamp = bound
+            _clamp_aware(modules[nodes[0].target]).clamp = bound
             marked += 1
     return marked
+
+
+def _clamp_aware(module) -> _ClampAware | None:
+    """The clamp-aware observer of an observer node: the module itself (PTQ) or the observer
+    inside its FakeQuantize (QAT)."""
+    for m in (module, getattr(module, "activation_post_process", None)):
+        if isinstance(m, _ClampAware):
+            return m
+    return None
 
 
 def _fix_clamps(q) -> dict:
@@ -204,22 +234,51 @@ def quantize_torch(model: nn.Module, example: torch.Tensor, calib: np.ndarray, *
     """Return a traced, int8 (qnnpack) TorchScript module ready for _save_for_lite_interpreter, and a
     JSON-serialisable dict describing what was done (engine, method, per_channel, qconfig summary) for the manifest.
     `calib` is (N, C, H, W) float32, preprocessed like `example`. Must not modify `model` in place (deepcopy)."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
     calib = np.asarray(calib)
     _check_inputs(method, example, calib)
     start = time.perf_counter()
+    prepared, clamped = prepare(model, example, _qconfig(method, per_channel))
+    with _quiet_deprecations(), _stage("calibration"):
+        _calibrate(prepared, calib, batch_size)
+    traced, info = to_lite(prepared, example)
+    return traced, {
+        "engine": ENGINE, "method": method, "per_channel": per_channel, "calibration_samples": int(len(calib)),
+        "qconfig": {
+            "activation": f"quint8 per-tensor affine, full 0..255 range, {method} observer",
+            "weight": f"qint8 {'per-channel' if per_channel else 'per-tensor'} symmetric, scale >= 2**-12",
+            "bn_folded": True, "relu6_clamped_observers": clamped, **info["fixes"],
+        },
+        "quantized_ops": info["ops"], "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def prepare(model: nn.Module, example: torch.Tensor, qconfig, *, qat: bool = False) -> tuple[nn.Module, int]:
+    """FX-prepare a copy of `model` for the qnnpack engine: observers (PTQ, eval mode) or fake
+    quantization with conv+BN folding simulated (QAT, train mode). Returns it and how many
+    activation observers record ReLU6-clamped values."""
+    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+    with _quiet_deprecations(), _stage("prepare_qat_fx (FX symbolic tracing)" if qat else
+                                       "prepare_fx (FX symbolic tracing)"):
+        if qat:
+            mapping = get_default_qat_qconfig_mapping(ENGINE).set_global(qconfig)
+            prepared = prepare_qat_fx(copy.deepcopy(model).train(), mapping, (example,),
+                                      backend_config=_backend_config())
+        else:
+            mapping = get_default_qconfig_mapping(ENGINE).set_global(qconfig)
+            prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example,), backend_config=_backend_config())
+        return prepared, _mark_clamped_observers(prepared)
+
+
+def to_lite(prepared: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, dict]:
+    """Convert a calibrated (or QAT-trained) prepared model to int8 qnnpack modules and trace it.
+    Returns the traced module and {"fixes": clamp fixes, "ops": quantized op counts}."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
     with _quiet_deprecations(), _engine(ENGINE):
-        mapping = get_default_qconfig_mapping(ENGINE).set_global(_qconfig(method, per_channel))
-        backend = _backend_config()
-        with _stage("prepare_fx (FX symbolic tracing)"):
-            prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example,), backend_config=backend)
-            clamped = _mark_clamped_observers(prepared)
-        with _stage("calibration"):
-            _calibrate(prepared, calib, batch_size)
         with _stage("convert_fx"):
-            qmodel = convert_fx(prepared, backend_config=backend)
+            qmodel = convert_fx(copy.deepcopy(prepared).eval(), backend_config=_backend_config())
             fixes = _fix_clamps(qmodel)
         with _stage("torch.jit.trace"), torch.inference_mode():
             traced = torch.jit.trace(qmodel, example, check_trace=False)
@@ -227,12 +286,4 @@ def quantize_torch(model: nn.Module, example: torch.Tensor, calib: np.ndarray, *
             ops = _quantized_ops(traced)
     if not any(k.startswith(("quantized::conv", "quantized::linear")) for k in ops):
         raise ConversionError("int8 quantization left no quantized conv/linear op: the model would stay float")
-    return traced, {
-        "engine": ENGINE, "method": method, "per_channel": per_channel, "calibration_samples": int(len(calib)),
-        "qconfig": {
-            "activation": f"quint8 per-tensor affine, full 0..255 range, {method} observer",
-            "weight": f"qint8 {'per-channel' if per_channel else 'per-tensor'} symmetric, scale >= 2**-12",
-            "bn_folded": True, "relu6_clamped_observers": clamped, **fixes,
-        },
-        "quantized_ops": ops, "seconds": round(time.perf_counter() - start, 1),
-    }
+    return traced, {"fixes": fixes, "ops": ops}

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from edge.registry import Registry
+
+if TYPE_CHECKING:
+    from edge.quantize.qat import QATResult
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -59,6 +62,9 @@ class ExportContext:
     io: str = "float"  # "float" or "int8": the artifact's input/output type, where a target supports it
     opset: int = 17
     keep_float: tuple[str, ...] = ()  # int8: layers (ONNX node names) an accuracy budget keeps in float
+    # int8 with --qat: the edge.quantize.qat.QATResult (the trained fake-quant model, its learned
+    # ranges); `model` is then its fine-tuned float network, BN folded, weights on their int8 levels
+    qat: "QATResult | None" = None
     _onnx: Path | None = None
 
     def onnx_fp32(self) -> Path:

@@ -57,8 +57,13 @@ class Onnx:
         if precision == "int8":
             from edge.quantize.onnx_ptq import DEFAULT_METHOD, quantize_onnx
 
+            known = ()
+            if ctx.qat is not None:  # carry the activation ranges learned in QAT
+                from edge.quantize.qat import learned_ranges
+
+                known = learned_ranges(ctx.qat, ctx.calib[0])
             details["quantization"] = quantize_onnx(fp32, out, ctx.calib, method=ctx.calib_method or DEFAULT_METHOD,
-                                                    nodes_to_exclude=ctx.keep_float)
+                                                    known_ranges=known, nodes_to_exclude=ctx.keep_float)
         else:
             shutil.copyfile(fp32, out)
         try:

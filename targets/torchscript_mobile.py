@@ -52,7 +52,11 @@ class TorchScriptMobile:
         example = torch.zeros(ctx.input_shape)
         details: dict = {"format": "torchscript lite interpreter (bytecode)"}
         try:
-            if precision == "int8":
+            if precision == "int8" and ctx.qat is not None:  # keep the ranges learned in training
+                from edge.quantize.qat import to_lite
+
+                traced, details["quantization"] = to_lite(ctx.qat.prepared, example)
+            elif precision == "int8":
                 from edge.quantize.torch_ptq import DEFAULT_METHOD, quantize_torch
 
                 traced, qinfo = quantize_torch(ctx.model, example, ctx.calib,
