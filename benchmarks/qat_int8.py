@@ -4,7 +4,7 @@ from the fp32 model (no labels). Top-1 on the 750 labelled photos, every artifac
 runtime, PTQ and QAT for every target in the same run.
 Bar: for every target, QAT int8 top-1 >= PTQ int8 top-1, and QAT within 0.5 pp of fp32.
 
-    python benchmarks/qat_int8.py [--epochs 8] [--lr 1e-3] [--max-steps N] [--threads 1]
+    python benchmarks/qat_int8.py [--epochs 8] [--lr 1e-4] [--max-steps N] [--threads 1] [--tag NAME]
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _method(m: dict) -> str | None:
 def main() -> None:
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("--epochs", type=int, default=8, help="16 steps each (~6 s per step at 1 thread here)")
-    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--lr", type=float, default=1e-4)
     a.add_argument("--max-steps", type=int)
     a.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     a.add_argument("--tag", help="save as results/qat_int8-TAG.{md,json} (for a variant of the recipe)")
