@@ -77,7 +77,8 @@ def main() -> None:
              f"{args.threads} torch thread(s), edge {env['git_commit']}. PTQ calibrates on the 250 unlabelled "
              f"photos; QAT fine-tunes on the same photos by distillation from fp32 ({recipe['steps']} steps of "
              f"{recipe['batch_size']}, {recipe['epochs']} epochs, lr {recipe['lr']:g}, observers frozen "
-             f"at step {recipe['freeze_step']}, BN statistics from step {recipe['bn_stats_freeze_step']}, loss {recipe['loss_start']:.4f} -> {recipe['loss_end']:.4f}, "
+             f"at step {recipe['freeze_step']}, BN statistics from step {recipe['bn_stats_freeze_step']}, "
+             f"loss {recipe['loss_start']:.4f} -> {recipe['loss_end']:.4f}, "
              f"{recipe['seconds']:.0f} s of training), then each target quantizes as described in the README. "
              f"Top-1 on 750 labelled photos, each artifact in its own runtime.\n",
              "| target | fp32 top-1 | PTQ top-1 | QAT top-1 | QAT - PTQ pp | QAT - fp32 pp | "

@@ -119,7 +119,8 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
         **plan, "epochs": round(steps / per_epoch, 2), "batch_size": batch_size, "lr": lr,
         "optimizer": f"SGD momentum {MOMENTUM}, cosine decay to 0",
         "loss_start": float(f"{np.mean(losses[:window]):.4g}"), "loss_end": float(f"{np.mean(losses[-window:]):.4g}"),
-        "relu6_clamped_observers": clamped, "per_channel_weights": per_channel, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+        "relu6_clamped_observers": clamped, "per_channel_weights": per_channel, "seed": seed,
+        "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("qat: %d steps, loss %.4g -> %.4g (%.0f s)", steps, record["loss_start"], record["loss_end"],
              record["seconds"])
