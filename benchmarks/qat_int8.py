@@ -4,7 +4,7 @@ from the fp32 model (no labels). Top-1 on the 750 labelled photos, every artifac
 runtime, PTQ and QAT for every target in the same run.
 Bar: for every target, QAT int8 top-1 >= PTQ int8 top-1, and QAT within 0.5 pp of fp32.
 
-    python benchmarks/qat_int8.py [--epochs 8] [--lr 1e-3] [--max-steps N] [--threads 1]
+    python benchmarks/qat_int8.py [--epochs 8] [--lr 1e-4] [--max-steps N] [--threads 1] [--tag NAME]
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _method(m: dict) -> str | None:
 def main() -> None:
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("--epochs", type=int, default=8, help="16 steps each (~6 s per step at 1 thread here)")
-    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--lr", type=float, default=1e-4)
     a.add_argument("--max-steps", type=int)
     a.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     a.add_argument("--tag", help="save as results/qat_int8-TAG.{md,json} (for a variant of the recipe)")
@@ -77,7 +77,8 @@ def main() -> None:
              f"{args.threads} torch thread(s), edge {env['git_commit']}. PTQ calibrates on the 250 unlabelled "
              f"photos; QAT fine-tunes on the same photos by distillation from fp32 ({recipe['steps']} steps of "
              f"{recipe['batch_size']}, {recipe['epochs']} epochs, lr {recipe['lr']:g}, observers frozen "
-             f"at step {recipe['freeze_step']}, BN statistics from step {recipe['bn_stats_freeze_step']}, loss {recipe['loss_start']:.4f} -> {recipe['loss_end']:.4f}, "
+             f"at step {recipe['freeze_step']}, BN statistics from step {recipe['bn_stats_freeze_step']}, "
+             f"loss {recipe['loss_start']:.4f} -> {recipe['loss_end']:.4f}, "
              f"{recipe['seconds']:.0f} s of training), then each target quantizes as described in the README. "
              f"Top-1 on 750 labelled photos, each artifact in its own runtime.\n",
              "| target | fp32 top-1 | PTQ top-1 | QAT top-1 | QAT - PTQ pp | QAT - fp32 pp | "

@@ -42,7 +42,7 @@ def _add_qat_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train", metavar="DIR", help="labelled training images (ImageFolder tree or labels.csv); "
                                                   "without it, distillation from fp32 on the calibration images")
     g.add_argument("--epochs", type=int, help="passes over the training images (default 10)")
-    g.add_argument("--lr", type=float, help="learning rate (SGD, cosine decay; default 1e-3)")
+    g.add_argument("--lr", type=float, help="learning rate (SGD, cosine decay; default 1e-4)")
     g.add_argument("--max-steps", type=int, help="stop after this many steps (batches of 16)")
 
 
