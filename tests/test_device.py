@@ -250,3 +250,22 @@ def test_pi_emu_needs_root(tmp_path):
                            code], capture_output=True, text=True, cwd=tmp_path)
     assert proc.stderr.strip().splitlines()[-1] == ("edge.errors.UserError: the emulated Pi needs root (chroot, "
                                                     "mounts, binfmt_misc); run edge as root or with sudo")
+
+
+@pytest.mark.pi_emu
+def test_pi_emu_with_binfmt_handler_disabled(builds):
+    """A disabled QEMU handler (echo 0 > /proc/sys/fs/binfmt_misc/qemu-aarch64): one line that
+    says how to enable it, before anything runs. The handler is enabled again afterwards."""
+    from edge.device import piemu
+
+    piemu.setup()
+    handler = piemu.BINFMT / "qemu-aarch64"
+    handler.write_text("0")
+    try:
+        with pytest.raises(UserError) as e:
+            bench([str(builds["onnx"])], runs=1, warmup=0, progress=False, device=remote.parse("pi-emu"))
+    finally:
+        handler.write_text("1")
+    assert "is disabled" in str(e.value) and f"echo 1 > {handler}" in str(e.value) and "\n" not in str(e.value)
+    (r,) = bench([str(builds["onnx"])], runs=1, warmup=0, progress=False, device=remote.parse("pi-emu"))
+    assert r["parity_vs_host"]["passed"]
