@@ -58,6 +58,8 @@ bench: setup
 	$(BIN)/python benchmarks/build_time_tflite.py
 	$(BIN)/python benchmarks/harness_overhead.py
 	$(BIN)/python benchmarks/latency_matrix.py
+	$(BIN)/python benchmarks/qat_int8.py --epochs 8
+	$(BIN)/python benchmarks/qat_per_tensor.py --epochs 8
 
 clean:
 	rm -rf $(VENV) $(RUNNER_VENVS) out build *.egg-info
