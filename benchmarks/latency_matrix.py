@@ -21,6 +21,7 @@ the agreement of the emulated Raspberry Pi (arm64 under QEMU) with this host.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -145,15 +146,10 @@ def pi_emu(rows: list[dict], skip: bool, cache: Path | None) -> dict:
     return out
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-
-
 def row_json(r: dict, emu: dict) -> dict:
     m, p = r["m"], r["m"]["parity"]
     e = emu.get(str(r["path"]))
-    lat = {f"p{q}_ms_{t}t": round(_median([x["latency_ms"][f"p{q}"] for x in r["lat"][t]]), 2)
+    lat = {f"p{q}_ms_{t}t": round(statistics.median([x["latency_ms"][f"p{q}"] for x in r["lat"][t]]), 2)
            for t in (1, 2) for q in (50, 90)}
     return {"model": m["model"], "weights": m["weights_kind"], "target": m["target"],
             "precision": m["precision"], "size_mb": round(m["size_bytes"] / 1e6, 2), **lat,

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge import manifest as mf
+from edge.device import RUNNER, runner_error
 from edge.errors import EdgeError, UserError
 
 if TYPE_CHECKING:
     from edge.device.remote import Device
 
 SCHEMA = "edge-bench/1"
-RUNNER = Path(__file__).with_name("device") / "runner.py"
-ERROR_PREFIX = "runner: error: "
 
 
 @dataclass(frozen=True)
@@ -164,11 +163,8 @@ def _failure(artifact: Path, proc: subprocess.CompletedProcess) -> EdgeError:
     """The runner's one-line error as a UserError (exit 2) or an EdgeError (anything else)."""
     if proc.returncode < 0:
         return EdgeError(f"the runner crashed on {artifact} (signal {-proc.returncode})")
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    errors = [ln.removeprefix(ERROR_PREFIX) for ln in lines if ln.startswith(ERROR_PREFIX)]
-    message = errors[-1] if errors else (lines[-1] if lines else f"exit code {proc.returncode}")
     cls = UserError if proc.returncode == 2 else EdgeError
-    return cls(f"bench {artifact}: {message}")
+    return cls(f"bench {artifact}: {runner_error(proc.stderr, proc.returncode)}")
 
 
 def format_table(results: list[dict]) -> str:

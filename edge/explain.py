@@ -26,6 +26,8 @@ THRESHOLDS_DB = {"fp32": 40.0, "fp16": 25.0, "int8": 10.0}
 def explain(out_dir: str | Path, samples: int = 8, threshold_db: float | None = None) -> list[dict]:
     """One report per artifact under out_dir: {artifact, target, precision, output_sqnr_db,
     threshold_db, layers: [...], first_parting, worst: [...], note}."""
+    import torch
+
     from edge.pipeline import reference_model
     from edge.quantize import sensitivity as sens
     from edge.quantize.calibration import calibration_and_parity
@@ -48,14 +50,12 @@ def explain(out_dir: str | Path, samples: int = 8, threshold_db: float | None = 
         key = (m["model"], m["weights"], tuple(m["input"]["shape"]))
         if key not in cache:  # one reference per model, not per target
             spec, shape, model = reference_model(m)
-            cal, par = calibration_and_parity(None, spec.preprocess.at(shape[2]), shape, True, False)
+            _, par = calibration_and_parity(None, spec.preprocess.at(shape[2]), shape, True, False)
             cache[key] = (model, par.x[:samples], par.source)
         model, x, source = cache[key]
         threshold = THRESHOLDS_DB[m["precision"]] if threshold_db is None else threshold_db
         log.info("explain: %s (%s %s) on %d samples", artifact.name, m["target"], m["precision"], len(x))
         runner = TARGETS.get(m["target"]).load(artifact, m)
-        import torch
-
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         out_sqnr = sens.sqnr_db(ref, runner.run(x))

@@ -115,14 +115,14 @@ def onnx_layer_outputs(path: Path, x: np.ndarray, disabled_optimizers: tuple[str
     model = onnx.load(str(path))
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
+    dequantizer = {n.input[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
     inits = {i.name for i in g.initializer}
     wanted: dict[str, tuple[str, list[str]]] = {}  # graph output to add -> (float tensor name, nodes)
     for n in g.node:
         if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
-            deq = [d for d in g.node if d.op_type == "DequantizeLinear" and d.input[0] == n.output[0]]
-            src = producer.get(n.input[0])
-            if deq and src is not None:
-                wanted[deq[0].output[0]] = (n.input[0], [src.name])
+            deq, src = dequantizer.get(n.output[0]), producer.get(n.input[0])
+            if deq is not None and src is not None:
+                wanted[deq.output[0]] = (n.input[0], [src.name])
     if not wanted:  # a float graph: every node output
         for n in g.node:
             if n.op_type not in ("Constant", "QuantizeLinear", "DequantizeLinear"):

@@ -10,6 +10,14 @@ import shutil
 from pathlib import Path
 
 RUNNER = Path(__file__).with_name("runner.py")
+ERROR_PREFIX = "runner: error: "
+
+
+def runner_error(stderr: str, returncode: int) -> str:
+    """The runner's own one-line error from its stderr, else its last line, else the exit code."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln.removeprefix(ERROR_PREFIX) for ln in lines if ln.startswith(ERROR_PREFIX)]
+    return errors[-1] if errors else (lines[-1] if lines else f"exit code {returncode}")
 
 README = """\
 # edge runner

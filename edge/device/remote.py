@@ -26,10 +26,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from edge.device import RUNNER, runner_error
 from edge.errors import EdgeError, ParityError, UserError
 
-RUNNER = Path(__file__).with_name("runner.py")
-ERROR_PREFIX = "runner: error: "
 # Exit codes of the remote script itself (the runner uses 0, 1 and 2).
 NO_TMP, NO_TAR, NOT_FOUND, SSH_FAILED = 97, 98, 127, 255
 
@@ -63,12 +62,6 @@ def bundle(artifact: Path, manifest: Path | None, extra: dict[str, Path] | None 
 
 def runner_args(artifact: Path, manifest: Path | None, options: list[str]) -> list[str]:
     return ["runner.py", artifact.name, *(["--manifest", "manifest.json"] if manifest else []), *options]
-
-
-def runner_message(stderr: str) -> str | None:
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln.removeprefix(ERROR_PREFIX) for ln in lines if ln.startswith(ERROR_PREFIX)]
-    return errors[-1] if errors else None
 
 
 def _signal_name(code: int) -> str:
@@ -175,9 +168,8 @@ class SSHDevice:
         if code > 128:
             return EdgeError(f"the runner crashed on {where} ({_signal_name(code - 128)}) "
                              f"while running {artifact.name}; run runner.py there by hand to see more")
-        message = runner_message(stderr) or last
         cls = UserError if code == 2 else EdgeError
-        return cls(f"{where}: {message}")
+        return cls(f"{where}: {runner_error(stderr, code)}")
 
 
 def _tar(files: dict[str, Path]) -> bytes:
@@ -216,7 +208,8 @@ class PiEmu:
         with tempfile.TemporaryDirectory(prefix="edge-pi-emu-") as host_tmp, \
                 tempfile.TemporaryDirectory(prefix="edge-bench.", dir=self.root / "tmp") as dev_tmp:
             host_tmp, dev_tmp = Path(host_tmp), Path(dev_tmp)
-            x, source = sample_input(manifest)
+            m = json.loads(manifest.read_text()) if manifest else {}
+            x, source = sample_input(m)
             extra, io_args = {}, ["--save-output", "output.npy"]
             if x is not None:
                 np.save(host_tmp / "input.npy", x)
@@ -231,23 +224,22 @@ class PiEmu:
                 if proc.returncode > 128 or proc.returncode < 0:
                     code = proc.returncode - 128 if proc.returncode > 128 else -proc.returncode
                     raise EdgeError(f"the runner crashed in the emulated Pi ({_signal_name(code)}) on {artifact.name}")
-                message = runner_message(proc.stderr) or (proc.stderr.strip().splitlines() or ["?"])[-1]
-                raise (UserError if proc.returncode == 2 else EdgeError)(f"pi-emu: {message}")
+                cls = UserError if proc.returncode == 2 else EdgeError
+                raise cls(f"pi-emu: {runner_error(proc.stderr, proc.returncode)}")
             result = json.loads(proc.stdout)
             emu_out = np.load(dev_tmp / "output.npy")
             host_out = host_output(artifact, manifest, host_tmp, options, x is not None)
-        result["parity_vs_host"] = check_parity(host_out, emu_out, manifest, source)
+        result["parity_vs_host"] = check_parity(host_out, emu_out, m, source)
         return result
 
 
-def sample_input(manifest: Path | None) -> tuple[np.ndarray | None, str]:
+def sample_input(m: dict) -> tuple[np.ndarray | None, str]:
     """One real photo preprocessed like the model's input (a held-out built-in image), or None
     (the runner's own random normal data, seed 0) when there is no manifest to say how."""
     from edge.data import BUILTIN_CALIB_DIR, load_image
     from edge.models.spec import Preprocess
 
-    m = json.loads(manifest.read_text()) if manifest else None
-    if not m or not m.get("preprocess"):
+    if not m.get("preprocess"):
         return None, "random normal, seed 0"
     shape = m["input"]["shape"]
     p = m["preprocess"]
@@ -269,17 +261,16 @@ def host_output(artifact: Path, manifest: Path | None, tmp: Path, options: list[
         cmd += ["--manifest", str(manifest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise EdgeError(f"the host run of {artifact.name} failed: {runner_message(proc.stderr) or proc.stderr[-200:]}")
+        raise EdgeError(f"the host run of {artifact.name} failed: {runner_error(proc.stderr, proc.returncode)}")
     return np.load(out)
 
 
-def check_parity(host: np.ndarray, emulated: np.ndarray, manifest: Path | None, source: str) -> dict:
+def check_parity(host: np.ndarray, emulated: np.ndarray, m: dict, source: str) -> dict:
     """The emulated output against the host's, within the artifact's own parity budget (the
     one its build passed; without a manifest, the fp32 budget's cosine): ParityError if not."""
     from edge.parity import compare
     from edge.models.spec import DEFAULT_BUDGETS
 
-    m = json.loads(manifest.read_text()) if manifest else {}
     precision = m.get("precision", "fp32")
     budget = dict((m.get("parity") or {}).get("budget") or DEFAULT_BUDGETS[precision])
     if not m:
