@@ -53,6 +53,13 @@ FREEZE_AT = 2 / 3  # fraction of the steps after which the observers are frozen
 # at 0.014; with batch statistics, a short fine-tune on a few hundred images chases BN noise.
 FREEZE_BN_AT = 0.0
 CROP_SCALE = (0.8, 1.0)  # random crop side, as a fraction of the input side
+# The activation ranges training starts from: PTQ's own observer on the training samples (what
+# quantize_torch calibrates with), not a moving average of the first batches' min/max.
+RANGE_INIT = "histogram"
+# Fraction of the samples held out to pick the checkpoint: the step (0 included: the PTQ starting
+# point) whose loss on them is lowest. Few hundred images overfit; the held-out loss says when.
+HOLDOUT = 0.2
+MIN_HOLDOUT = 4
 
 
 @dataclass(frozen=True)
@@ -87,9 +94,14 @@ def training_set(train: str | None, calib, pre, num_classes: int | None) -> Trai
 
 def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs: int = DEFAULT_EPOCHS,
               lr: float = DEFAULT_LR, max_steps: int | None = None, batch_size: int = BATCH_SIZE,
-              seed: int = 0, per_channel: bool = True) -> QATResult:
+              seed: int = 0, per_channel: bool = True, range_init: str | None = RANGE_INIT,
+              holdout: float = HOLDOUT, monitor=None) -> QATResult:
     """Quantization-aware fine-tuning of a copy of `model` (fp32, eval mode; left unchanged).
-    per_channel=False (per-tensor weights) is for measurements; the targets use per-channel."""
+    per_channel=False (per-tensor weights) is for measurements; the targets use per-channel.
+    range_init: the PTQ observer that sets the activation ranges before training (None: the
+    moving-average min/max of the first batches). holdout: the fraction of samples held out to pick
+    the checkpoint (0: keep the last step). monitor(step, student) is called at every checkpoint
+    (diagnostics: benchmarks/qat_trajectory.py)."""
     from torch.ao.quantization import disable_observer
 
     from edge.quantize.torch_ptq import prepare, qat_qconfig
@@ -98,38 +110,107 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
         raise UserError(f"no training samples in {data.source}")
     start = time.perf_counter()
     torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    train, val = _split(data, holdout, rng)
     student, clamped = prepare(model, example, qat_qconfig(per_channel), qat=True)
     for m in student.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
-    per_epoch = math.ceil(len(data.x) / batch_size)
+    if range_init:
+        calibrate_ranges(student, train.x, range_init, batch_size)
+    per_epoch = math.ceil(len(train.x) / batch_size)
     steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
     plan = {"steps": steps, "freeze_step": max(1, round(steps * FREEZE_AT)),
-            "bn_stats_freeze_step": round(steps * FREEZE_BN_AT)}
-    losses = _train(student, copy.deepcopy(model).eval(), data, plan, lr, batch_size, np.random.default_rng(seed))
+            "bn_stats_freeze_step": round(steps * FREEZE_BN_AT), "check_every": per_epoch}
+    teacher = copy.deepcopy(model).eval()
+    losses, checks, best = _train(student, teacher, train, val, plan, lr, batch_size, rng, range_init, monitor)
+    if best is not None:
+        student.load_state_dict(best[1])
     student.apply(disable_observer)  # a FakeQuantize observes in eval mode too: keep the learned ranges
     student.eval()
     window = max(1, min(per_epoch, steps // 4))
     record = {
-        "data": data.source, "samples": int(len(data.x)),
+        "data": data.source, "samples": int(len(data.x)), "trained_on": int(len(train.x)),
         "objective": ("cross-entropy on the labels + " if data.labels is not None else "")
         + "KL divergence to the fp32 model's softmax (distillation)",
         "augmentation": f"random crop {CROP_SCALE[0]:.0%}-{CROP_SCALE[1]:.0%} of the side, resized back; "
                         "random horizontal flip",
+        "range_init": (f"{range_init} observer on the training samples (PTQ's), activation observers off until "
+                       "the freeze step, then re-estimated the same way and frozen") if range_init
+        else "moving-average min/max, frozen at the freeze step",
         **plan, "epochs": round(steps / per_epoch, 2), "batch_size": batch_size, "lr": lr,
         "optimizer": f"SGD momentum {MOMENTUM}, cosine decay to 0",
         "loss_start": float(f"{np.mean(losses[:window]):.4g}"), "loss_end": float(f"{np.mean(losses[-window:]):.4g}"),
+        "holdout": {"samples": int(len(val.x)), "loss_by_step": checks,
+                    "selected_step": best[0] if best else steps} if val is not None else None,
         "relu6_clamped_observers": clamped, "per_channel_weights": per_channel, "seed": seed,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    log.info("qat: %d steps, loss %.4g -> %.4g (%.0f s)", steps, record["loss_start"], record["loss_end"],
-             record["seconds"])
+    log.info("qat: %d steps, loss %.4g -> %.4g%s (%.0f s)", steps, record["loss_start"], record["loss_end"],
+             f", kept step {best[0]} (held-out loss {checks[str(best[0])]:.4g})" if best else "", record["seconds"])
     return QATResult(student, *float_model(student), record)
 
 
-def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, plan: dict, lr: float, batch_size: int,
-           rng) -> list[float]:
-    """The training loop; returns the loss of every step."""
+def _split(data: TrainSet, holdout: float, rng) -> tuple[TrainSet, TrainSet | None]:
+    """Hold out a random `holdout` fraction of the samples to pick the checkpoint with."""
+    n_val = int(round(len(data.x) * holdout))
+    if holdout <= 0 or n_val < MIN_HOLDOUT or len(data.x) - n_val < MIN_HOLDOUT:
+        return data, None
+    perm = rng.permutation(len(data.x))
+    take = lambda idx: TrainSet(data.x[np.sort(idx)], None if data.labels is None else data.labels[np.sort(idx)],
+                                data.source)
+    return take(perm[n_val:]), take(perm[:n_val])
+
+
+@torch.no_grad()
+def calibrate_ranges(student: nn.Module, x: np.ndarray, method: str, batch_size: int = BATCH_SIZE) -> int:
+    """Set every activation FakeQuantize of `student` to the range PTQ's `method` observer gives on
+    `x` (float activations and weights, batch norm on its running statistics, as quantize_torch
+    calibrates), and switch those observers off so the range stays. Returns how many were set."""
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+    from edge.quantize.torch_ptq import _activation_observer, _clamp_aware, _quiet_deprecations
+
+    fqs = {name: m for name, m in student.named_modules() if isinstance(m, FakeQuantizeBase)}
+    acts = _activation_fqs(student)
+    observers, hooks = {}, []
+    for name, fq in acts.items():
+        obs = observers[name] = _activation_observer(method)()
+        inner = _clamp_aware(fq)
+        obs.clamp = inner.clamp if inner is not None else None
+        hooks.append(fq.register_forward_pre_hook(lambda _m, args, o=obs: o(args[0])))
+    state = {name: (int(m.observer_enabled[0]), int(m.fake_quant_enabled[0])) for name, m in fqs.items()}
+    modes = _modes(student)
+    student.eval()
+    try:
+        for m in fqs.values():
+            m.disable_observer()
+            m.disable_fake_quant()
+        with _quiet_deprecations():
+            for i in range(0, len(x), batch_size):
+                student(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], np.float32)))
+    finally:
+        for h in hooks:
+            h.remove()
+        for name, m in fqs.items():
+            m.enable_observer(bool(state[name][0]))
+            m.enable_fake_quant(bool(state[name][1]))
+        _restore(modes)
+    for name, fq in acts.items():
+        scale, zp = observers[name].calculate_qparams()
+        fq.scale.resize_(scale.shape).copy_(scale)
+        fq.zero_point.resize_(zp.shape).copy_(zp)
+        inner = fq.activation_post_process  # what convert_fx reads the range from
+        inner.min_val = ((fq.quant_min - zp.float()) * scale).reshape(inner.min_val.shape)
+        inner.max_val = ((fq.quant_max - zp.float()) * scale).reshape(inner.max_val.shape)
+        fq.disable_observer()
+    return len(acts)
+
+
+def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet | None, plan: dict, lr: float,
+           batch_size: int, rng, range_init: str | None, monitor) -> tuple[list[float], dict, tuple | None]:
+    """The training loop. Returns the loss of every step, the held-out loss at each checkpoint
+    (every epoch, and step 0), and (step, state_dict) of the checkpoint with the lowest one."""
     import torch.ao.nn.intrinsic.qat as nniqat
     from torch.ao.quantization import disable_observer
 
@@ -138,11 +219,27 @@ def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, plan: dict, l
     steps = plan["steps"]
     opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=lr, momentum=MOMENTUM)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    losses, bar = [], _Progress(steps)
+    losses, checks, best, bar = [], {}, None, _Progress(steps)
+
+    def checkpoint(step: int):
+        nonlocal best
+        if monitor is not None:
+            monitor(step, student)
+        if val is None:
+            return
+        checks[str(step)] = loss = _held_out_loss(student, teacher, val, batch_size)
+        if best is None or loss < best[2]:
+            best = (step, copy.deepcopy(student.state_dict()), loss)
+
     with _quiet_deprecations():
+        if plan["bn_stats_freeze_step"] == 0:
+            student.apply(nniqat.freeze_bn_stats)
+        checkpoint(0)
         for step, idx in enumerate(_batches(len(data.x), batch_size, steps, rng)):
             if step == plan["freeze_step"]:
                 student.apply(disable_observer)
+                if range_init:  # the ranges follow the trained weights once, then stay
+                    calibrate_ranges(student, data.x, range_init, batch_size)
             if step == plan["bn_stats_freeze_step"]:
                 student.apply(nniqat.freeze_bn_stats)
             x = _augment(torch.from_numpy(data.x[idx]), rng)
@@ -159,8 +256,50 @@ def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, plan: dict, l
             sched.step()
             losses.append(loss.item())
             bar.update(step + 1, losses[-1])
+            if (step + 1) % plan["check_every"] == 0 or step + 1 == steps:
+                checkpoint(step + 1)
     bar.close()
-    return losses
+    return losses, checks, (best[0], best[1]) if best else None
+
+
+@torch.no_grad()
+def _held_out_loss(student: nn.Module, teacher: nn.Module, val: TrainSet, batch_size: int) -> float:
+    """The training objective on the held-out samples (centre view, no augmentation), student in
+    eval mode with its activation observers paused (weight observers only see the weights)."""
+    fqs = list(_activation_fqs(student).values())
+    enabled = [int(m.observer_enabled[0]) for m in fqs]
+    modes = _modes(student)
+    student.eval()
+    for m in fqs:
+        m.disable_observer()
+    total = 0.0
+    try:
+        for i in range(0, len(val.x), batch_size):
+            x = torch.from_numpy(val.x[i:i + batch_size])
+            labels = None if val.labels is None else torch.from_numpy(val.labels[i:i + batch_size])
+            total += _loss(student(x), teacher(x), labels).item() * len(x)
+    finally:
+        for m, on in zip(fqs, enabled):
+            m.enable_observer(bool(on))
+        _restore(modes)
+    return float(f"{total / len(val.x):.5g}")
+
+
+def _activation_fqs(student: nn.Module) -> dict:
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+    return {name: m for name, m in student.named_modules()
+            if isinstance(m, FakeQuantizeBase) and not name.endswith("weight_fake_quant")}
+
+
+def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every module's train/eval flag (dropout stays in eval during QAT: model.train() would undo it)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore(modes) -> None:
+    for m, training in modes:
+        m.training = training
 
 
 def _batches(n: int, batch_size: int, steps: int, rng):

@@ -41,9 +41,12 @@ def test_fine_tune_freezes_late_and_the_ptl_keeps_the_learned_ranges(tiny):
     spec, model, cal, par = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
     r = qat.fine_tune(model, torch.zeros(SHAPE), qat.training_set(None, cal, None, spec.num_classes),
-                      max_steps=30, lr=1e-2)
+                      epochs=20, max_steps=30, lr=1e-2)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the fp32 model was modified"
     assert r.record["steps"] == 30 and r.record["freeze_step"] == 20 and r.record["bn_stats_freeze_step"] == 0
+    held = r.record["holdout"]  # 7 of the 36 calibration crops pick the checkpoint
+    assert held["samples"] == 7 and r.record["trained_on"] == 29
+    assert held["selected_step"] > 0 and held["loss_by_step"][str(held["selected_step"])] < held["loss_by_step"]["0"]
     trained = dict(r.prepared.named_parameters())
     assert any(not torch.equal(trained[k], v) for k, v in before.items() if k in trained), "no weight moved"
     fqs = [m for m in r.prepared.modules() if hasattr(m, "observer_enabled")]
@@ -61,9 +64,37 @@ def test_fine_tune_freezes_late_and_the_ptl_keeps_the_learned_ranges(tiny):
     assert _cos(fake, ref) > 0.9  # and it still computes what the fp32 model computes
 
 
+def test_training_starts_from_the_ptq_ranges(tiny):
+    """Before any weight moves, the QAT student is PTQ: each activation range is the one quantize_torch's
+    histogram observer finds on the same samples (a moving min/max start is not), and the two int8
+    .ptl modules compute the same thing."""
+    from edge.quantize import torch_ptq
+
+    spec, model, cal, par = tiny
+    ptq, _ = torch_ptq.prepare(model, torch.zeros(SHAPE), torch_ptq._qconfig("histogram", True))
+    torch_ptq._calibrate(ptq, cal.x, 16)
+    ptq_scales = [float(m.calculate_qparams()[0]) for n, m in ptq.named_modules() if "activation_post_process" in n]
+    data = qat.training_set(None, cal, None, spec.num_classes)
+    scales = {}
+    for init in ("histogram", None):
+        r = qat.fine_tune(model, torch.zeros(SHAPE), data, max_steps=1, lr=0.0, holdout=0, range_init=init)
+        scales[init] = [float(m.scale) for m in qat._activation_fqs(r.prepared).values()]
+    assert len(ptq_scales) == 7 and np.allclose(scales["histogram"], ptq_scales, rtol=1e-5)
+    assert not np.allclose(scales[None], ptq_scales, rtol=1e-2)
+    r = qat.fine_tune(model, torch.zeros(SHAPE), data, max_steps=1, lr=0.0, holdout=0)
+    assert r.record["holdout"] is None and r.record["range_init"].startswith("histogram")
+    qat_ptl, _ = qat.to_lite(r.prepared, torch.zeros(SHAPE))
+    ptq_ptl, _ = torch_ptq.to_lite(ptq, torch.zeros(SHAPE))
+    x = torch.from_numpy(par.x)
+    with torch.no_grad():
+        a = torch.cat([qat_ptl(x[i:i + 1]) for i in range(len(x))])
+        b = torch.cat([ptq_ptl(x[i:i + 1]) for i in range(len(x))])
+    assert _cos(a, b) > 0.9995, _cos(a, b)  # a moving min/max start: 0.998
+
+
 def test_qat_distillation_exports_to_every_target(tmp_path, weights_file):
     cfg = BuildConfig(model="tiny", targets=tuple(TARGETS.names()), precision="int8", out=str(tmp_path),
-                      weights=weights_file("tiny", 32), budget=MATRIX_INT8_BUDGET, qat=True, max_steps=24,
+                      weights=weights_file("tiny", 32), budget=MATRIX_INT8_BUDGET, qat=True, epochs=20, max_steps=24,
                       lr=1e-2)
     manifests = build(cfg)
     assert [m["target"] for m in manifests] == TARGETS.names()
