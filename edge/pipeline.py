@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +34,29 @@ class Check:
     ref: np.ndarray
     source: str
     labels: np.ndarray | None = None
+
+
+STAGING = ".edge-build-"  # + the building process's pid: the staging folder inside --out
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders that builds killed before they could clean up left in `out`:
+    those whose process is gone. Folders of a build still running (another process) stay."""
+    for d in out.glob(f"{STAGING}*"):
+        pid = d.name[len(STAGING):].split("-", 1)[0]
+        if d.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            log.info("removed %s, left behind by a build that was killed", d)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _prepare_out(out: Path) -> None:
@@ -72,6 +96,7 @@ def build(config: BuildConfig) -> list[dict]:
         t.check(config.precision, config.io, config.calib_method)
     out = Path(config.out)
     _prepare_out(out)
+    _remove_stale_staging(out)
 
     model = load_model(spec, config.weights, shape[2])
     pre = spec.preprocess.at(shape[2])
@@ -83,7 +108,7 @@ def build(config: BuildConfig) -> list[dict]:
     qat = _qat(config, spec, model, shape, calib) if config.qat else None
 
     manifests, failures = [], []
-    with tempfile.TemporaryDirectory(prefix=".edge-build-", dir=out) as staging:
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING}{os.getpid()}-", dir=out) as staging:
         staging = Path(staging).resolve()  # exporters may run tools in other working folders
         ctx = ExportContext(qat.float_model if qat else model, shape, staging, calib.x if calib else None,
                             config.calib_method, config.io, config.opset, qat=qat)

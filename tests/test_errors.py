@@ -175,3 +175,29 @@ def test_console_script_has_no_traceback(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().startswith("edge: error: unknown model 'nope'")
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_killed_build_leaves_staging_that_the_next_build_removes(out, capsys):
+    """SIGKILL leaves no chance to clean up: the hidden staging folder stays (never a manifest, so
+    nothing that looks finished), and the next build into the same folder removes it. A staging
+    folder whose process still runs (here: this one's pid) is another build at work and stays."""
+    import os
+    import signal
+    import time
+
+    edge = [sys.executable, "-c", "from edge.cli import main; raise SystemExit(main())"]
+    proc = subprocess.Popen([*edge, "build", "--model", "tiny", "--weights", "random", "--target", "tflite",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".edge-build-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stale = list(out.glob(".edge-build-*"))
+    assert [d.name.split("-")[2] for d in stale] == [str(proc.pid)]
+    assert not list(out.rglob("manifest.json"))
+    busy = out / f".edge-build-{os.getpid()}-busy"
+    busy.mkdir()
+    assert main(["build", "--model", "tiny", "--weights", "random", "--target", "onnx", "--out", str(out)]) == 0
+    assert not any(d.exists() for d in stale) and busy.is_dir()
+    assert (out / "manifest.json").is_file()
