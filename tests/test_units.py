@@ -239,3 +239,16 @@ def test_cli_lists_models_and_targets_from_the_registries(capsys):
     out = capsys.readouterr().out
     for t in TARGETS:
         assert t.name in out and ",".join(t.calib_methods()) in out
+
+
+def test_tied_top_scores_break_as_argmax_does_and_are_counted():
+    """int8 logits tie: top-1 must not depend on the sort's whims. 2000 rows so that numpy's unstable
+    sort would scramble some ties (it did: .ptl top-1 80.80 vs argmax's 80.67 on the same outputs)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, (2000, 10)).astype(np.float32)  # ties at the top in most rows
+    labels = y.argmax(1)
+    top1, _ = accuracy(y, labels)
+    assert top1 == 100.0
+    r = compare(y, y, "int8", {}, "test", labels)
+    assert r.figures["top1_agreement"] == 1.0
+    assert r.figures["top1_ties"] == int(((y == y.max(1, keepdims=True)).sum(1) > 1).sum()) > 1000
