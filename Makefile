@@ -59,7 +59,9 @@ bench: setup
 	$(BIN)/python benchmarks/harness_overhead.py
 	$(BIN)/python benchmarks/latency_matrix.py
 	$(BIN)/python benchmarks/qat_int8.py --epochs 8
-	$(BIN)/python benchmarks/qat_per_tensor.py --epochs 8
+	$(BIN)/python benchmarks/qat_per_tensor.py --epochs 8 --lr 1e-3
+	$(BIN)/python benchmarks/qat_trajectory.py --epochs 8 --tag hist
+	$(BIN)/python benchmarks/qat_trajectory.py --epochs 8 --range-init none --tag moving-minmax
 
 clean:
 	rm -rf $(VENV) $(RUNNER_VENVS) out build *.egg-info
