@@ -228,6 +228,8 @@ def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet
         if val is None:
             return
         checks[str(step)] = loss = _held_out_loss(student, teacher, val, batch_size)
+        if step == 0 and not range_init:  # no ranges yet: step 0 is not a model to ship
+            return
         if best is None or loss < best[2]:
             best = (step, copy.deepcopy(student.state_dict()), loss)
 
