@@ -41,3 +41,23 @@ def save(name: str, data: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def lite0_sample(work: Path, calib: bool = True):
+    """EfficientNet-Lite0 with its ImageNet weights on the shared sample: (model, calibration
+    stack of the 250 unlabelled photos or None, the 750 labelled photos, their labels, and the
+    fp32 logits on them), every stack preprocessed as the model expects."""
+    import numpy as np
+    import torch
+
+    from edge.data import list_images, load_images, load_labelled
+    from edge.models import MODELS, load_model
+
+    spec = MODELS.get("efficientnet_lite0")
+    model = load_model(spec, "imagenet", 224)
+    cal = load_images(list_images(unlabelled_calibration_dir(work / "calib")), spec.preprocess) if calib else None
+    ds = load_labelled(IMAGENET_SAMPLE)
+    x, labels = load_images(ds.paths, spec.preprocess), np.asarray(ds.labels)
+    with torch.no_grad():
+        ref = torch.cat([model(torch.from_numpy(x[i:i + 50])) for i in range(0, len(x), 50)]).numpy()
+    return model, cal, x, labels, ref

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import IMAGENET_SAMPLE, environment, save, unlabelled_calibration_dir  # noqa: E402
+from _common import IMAGENET_SAMPLE, environment, lite0_sample, save, unlabelled_calibration_dir  # noqa: E402
 
 from edge.config import BuildConfig  # noqa: E402
 from edge.pipeline import build  # noqa: E402
@@ -118,17 +118,9 @@ def main() -> None:
     qat = run(work, "qat", qat=True, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps)
     recipe = next(iter(qat.values()))["qat"]
     rows = [row(t, ptq[t], qat[t]) for t in TARGETS.names()]
-    import numpy as np
-
-    from edge.data import load_images, load_labelled
-    from edge.models import MODELS, load_model
     from edge.parity import accuracy
 
-    spec, ds = MODELS.get("efficientnet_lite0"), load_labelled(IMAGENET_SAMPLE)
-    x, labels = load_images(ds.paths, spec.preprocess), np.asarray(ds.labels)
-    with torch.no_grad():
-        model = load_model(spec, "imagenet", 224)
-        ref = torch.cat([model(torch.from_numpy(x[i:i + 50])) for i in range(0, len(x), 50)]).numpy()
+    _, _, x, labels, ref = lite0_sample(work, calib=False)
     y_ptq, y_qat = outputs(work, "ptq", ptq, x), outputs(work, "qat", qat, x)
     for r in rows:
         r.update(paired(ref, labels, y_ptq[r["target"]], y_qat[r["target"]]))

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import IMAGENET_SAMPLE, environment, save, unlabelled_calibration_dir  # noqa: E402
+from _common import environment, lite0_sample, save  # noqa: E402
 
 
 def top1(traced, work: Path, name: str, x, labels) -> float:
@@ -34,25 +34,16 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=1)
     args = a.parse_args()
     env = environment(args.threads)  # at the start: the commit that actually runs
-    import numpy as np
     import torch
 
-    from edge.data import list_images, load_images, load_labelled
-    from edge.models import MODELS, load_model
     from edge.quantize import qat
     from edge.quantize.torch_ptq import quantize_torch
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="edge-qat-pt-"))
-    spec = MODELS.get("efficientnet_lite0")
-    model = load_model(spec, "imagenet", 224)
-    calib = load_images(list_images(unlabelled_calibration_dir(work / "calib")), spec.preprocess)
-    ds = load_labelled(IMAGENET_SAMPLE)
-    x, labels = load_images(ds.paths, spec.preprocess), np.asarray(ds.labels)
+    model, calib, x, labels, ref = lite0_sample(work)
     example = torch.zeros(1, 3, 224, 224)
-    with torch.no_grad():
-        fp32 = round(100.0 * float((torch.cat([model(torch.from_numpy(x[i:i + 50]))
-                                               for i in range(0, len(x), 50)]).argmax(1).numpy() == labels).mean()), 2)
+    fp32 = round(100.0 * float((ref.argmax(1) == labels).mean()), 2)
     rows = []
     for per_channel in (False,):  # per-channel: benchmarks/qat_int8.py
         ptq, _ = quantize_torch(model, example, calib, per_channel=per_channel)

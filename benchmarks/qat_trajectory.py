@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import IMAGENET_SAMPLE, environment, save, unlabelled_calibration_dir  # noqa: E402
+from _common import environment, lite0_sample, save  # noqa: E402
 
 
 def main() -> None:
@@ -28,42 +28,22 @@ def main() -> None:
     a.add_argument("--tag", help="save as results/qat_trajectory-TAG.{md,json}")
     args = a.parse_args()
     env = environment(args.threads)
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from edge.data import list_images, load_images, load_labelled
-    from edge.models import MODELS, load_model
     from edge.quantize import qat
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="edge-qat-traj-"))
-    spec = MODELS.get("efficientnet_lite0")
-    model = load_model(spec, "imagenet", 224)
-    calib = load_images(list_images(unlabelled_calibration_dir(work / "calib")), spec.preprocess)
-    ds = load_labelled(IMAGENET_SAMPLE)
-    x, labels = torch.from_numpy(load_images(ds.paths, spec.preprocess)), np.asarray(ds.labels)
-
-    @torch.no_grad()
-    def logits(m):
-        return torch.cat([m(x[i:i + 50]) for i in range(0, len(x), 50)])
-
-    ref = logits(model)
+    model, calib, x, labels, ref = lite0_sample(work)
+    x, ref = torch.from_numpy(x), torch.from_numpy(ref)
     ref_pred = ref.argmax(1).numpy()
     rows = []
 
+    @torch.no_grad()
     def monitor(step, student):
-        modes = [(m, m.training) for m in student.modules()]
-        fqs = list(qat._activation_fqs(student).values())
-        on = [int(m.observer_enabled[0]) for m in fqs]
-        student.eval()
-        for m in fqs:
-            m.disable_observer()
-        y = logits(student)
-        for m, o in zip(fqs, on):
-            m.enable_observer(bool(o))
-        for m, t in modes:
-            m.training = t
+        with qat.evaluating(student):
+            y = torch.cat([student(x[i:i + 50]) for i in range(0, len(x), 50)])
         pred = y.argmax(1).numpy()
         kl = F.kl_div(F.log_softmax(y, 1), F.log_softmax(ref, 1), log_target=True, reduction="batchmean").item()
         rows.append({"step": step, "top1": round(100.0 * float((pred == labels).mean()), 2),

@@ -27,6 +27,7 @@ import logging
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -266,25 +267,32 @@ def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet
 
 @torch.no_grad()
 def _held_out_loss(student: nn.Module, teacher: nn.Module, val: TrainSet, batch_size: int) -> float:
-    """The training objective on the held-out samples (centre view, no augmentation), student in
-    eval mode with its activation observers paused (weight observers only see the weights)."""
+    """The training objective on the held-out samples (centre view, no augmentation)."""
+    total = 0.0
+    with evaluating(student):
+        for i in range(0, len(val.x), batch_size):
+            x = torch.from_numpy(val.x[i:i + batch_size])
+            labels = None if val.labels is None else torch.from_numpy(val.labels[i:i + batch_size])
+            total += _loss(student(x), teacher(x), labels).item() * len(x)
+    return float(f"{total / len(val.x):.5g}")
+
+
+@contextmanager
+def evaluating(student: nn.Module):
+    """The student in eval mode with its activation observers paused (weight observers only see
+    the weights), for a measurement in the middle of training; every flag is restored after."""
     fqs = list(_activation_fqs(student).values())
     enabled = [int(m.observer_enabled[0]) for m in fqs]
     modes = _modes(student)
     student.eval()
     for m in fqs:
         m.disable_observer()
-    total = 0.0
     try:
-        for i in range(0, len(val.x), batch_size):
-            x = torch.from_numpy(val.x[i:i + batch_size])
-            labels = None if val.labels is None else torch.from_numpy(val.labels[i:i + batch_size])
-            total += _loss(student(x), teacher(x), labels).item() * len(x)
+        yield student
     finally:
         for m, on in zip(fqs, enabled):
             m.enable_observer(bool(on))
         _restore(modes)
-    return float(f"{total / len(val.x):.5g}")
 
 
 def _activation_fqs(student: nn.Module) -> dict:
