@@ -61,7 +61,7 @@ def bare(path: Path, runs: int, warmup: int, shape, precision: str) -> float:
 
 
 def harness(path: Path, runs: int, warmup: int) -> float:
-    from edge.bench import bench
+    from edge.benchmark import bench
 
     [r] = bench([str(path)], threads=1, runs=runs, warmup=warmup, progress=False)
     return r["latency_ms"]["mean"]

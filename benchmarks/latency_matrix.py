@@ -31,7 +31,7 @@ from _common import IMAGENET_SAMPLE, environment, save, unlabelled_calibration_d
 
 import torch  # noqa: E402
 
-from edge.bench import bench  # noqa: E402
+from edge.benchmark import bench  # noqa: E402
 from edge.config import BuildConfig  # noqa: E402
 from edge.models import MODELS  # noqa: E402
 from edge.models.loading import random_bn_recalibrated_state  # noqa: E402

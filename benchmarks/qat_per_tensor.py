@@ -47,7 +47,7 @@ def main() -> None:
     rows = []
     for per_channel in (False,):  # per-channel: benchmarks/qat_int8.py
         ptq, _ = quantize_torch(model, example, calib, per_channel=per_channel)
-        r = qat.fine_tune(model, example, qat.TrainSet(calib, None, "250 unlabelled photos"), epochs=args.epochs,
+        r = qat.fine_tune(model, example, qat.TrainSet({"input": calib}, None, "250 unlabelled photos", "input"), epochs=args.epochs,
                           lr=args.lr, per_channel=per_channel)
         qtraced, _ = qat.to_lite(r.prepared, example)
         kind = "per-channel" if per_channel else "per-tensor"

@@ -53,7 +53,7 @@ def main() -> None:
     opts = {"range_init": None if args.range_init == "none" else args.range_init}
     if args.holdout is not None:
         opts["holdout"] = args.holdout
-    r = qat.fine_tune(model, torch.zeros(1, 3, 224, 224), qat.TrainSet(calib, None, "250 unlabelled photos"),
+    r = qat.fine_tune(model, torch.zeros(1, 3, 224, 224), qat.TrainSet({"input": calib}, None, "250 unlabelled photos", "input"),
                       epochs=args.epochs, lr=args.lr, monitor=monitor, **opts)
     held = (r.record.get("holdout") or {}).get("loss_by_step", {})
     for row in rows:

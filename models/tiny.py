@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edge.models.spec import IMAGENET, ModelSpec, Preprocess, register_model
+from edge.models.spec import IMAGENET, Preprocess, image_classifier, register_model
 
 
 class TinyNet(nn.Module):
@@ -28,11 +28,11 @@ class TinyNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def build_tiny(*, input_size: int = 32, num_classes: int = 10) -> nn.Module:
+def build_tiny(*, input_shape: tuple[int, ...] = (1, 3, 32, 32), num_classes: int = 10) -> nn.Module:
     return TinyNet(num_classes=num_classes)
 
 
-register_model(ModelSpec(
+register_model(image_classifier(
     name="tiny", family="test", builder=build_tiny, input_size=32, num_classes=10,
     preprocess=Preprocess(resize=36, crop=32, **IMAGENET), min_input_size=16,
     description="a few-thousand-parameter CNN for fast tests (random weights)",

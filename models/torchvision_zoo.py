@@ -7,11 +7,12 @@ import os
 
 import torch.nn as nn
 
-from edge.models.spec import IMAGENET, ModelSpec, Preprocess, Weights, register_model
+from edge.models.labels import imagenet_labels
+from edge.models.spec import IMAGENET, Preprocess, Weights, image_classifier, register_model
 
 
 def _tv_builder(name: str):
-    def build(*, input_size: int = 224, num_classes: int = 1000) -> nn.Module:
+    def build(*, input_shape: tuple[int, ...] = (1, 3, 224, 224), num_classes: int = 1000) -> nn.Module:
         import torchvision
 
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
@@ -40,10 +41,10 @@ def _tv_weights(name: str) -> Weights:
         return cached_path()
 
     return Weights(name="imagenet", description=f"torchvision {name} ImageNet-1k weights (torch hub cache)",
-                   locate=locate, fetch=fetch)
+                   locate=locate, fetch=fetch, probe=lambda: {"torch_hub_file": os.path.basename(enum().url)})
 
 
-# name, minimum input side the architecture accepts, per-model budget overrides, description
+# name, torchvision name, minimum input side, per-model budget overrides, description
 _ZOO = [
     ("mobilenetv2", "mobilenet_v2", 32, {}, "MobileNetV2 (Sandler et al., 2018)"),
     ("resnet18", "resnet18", 32, {}, "ResNet-18 (He et al., 2016)"),
@@ -54,8 +55,9 @@ _ZOO = [
 ]
 
 for _name, _tv, _min, _budgets, _desc in _ZOO:
-    register_model(ModelSpec(
+    register_model(image_classifier(
         name=_name, family="torchvision", builder=_tv_builder(_tv), input_size=224,
         preprocess=Preprocess(resize=256, crop=224, **IMAGENET), weights=_tv_weights(_tv),
-        min_input_size=_min, budgets=_budgets, description=_desc,
+        min_input_size=_min, budgets=_budgets, labels=imagenet_labels,
+        description=_desc,
     ))

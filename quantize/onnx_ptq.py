@@ -1,6 +1,8 @@
-"""Post-training int8 quantization of an fp32 ONNX image classifier into a QDQ model for onnxruntime.
+"""Post-training int8 quantization of an fp32 ONNX graph into a QDQ model for onnxruntime: the
+"ort-static" quantizer of the quantizer layer (edge.quantize.base), which the onnx target asks for.
 
-On the ONNX graph, so any exported classifier works: onnxruntime's quant_pre_process folds BatchNorm
+On the ONNX graph, so any exported model works (several inputs, integer inputs such as token ids,
+which stay unquantized): onnxruntime's quant_pre_process folds BatchNorm
 into Conv; a pass over the calibration data gives activation ranges (min/max, or a histogram search)
 and each Conv/Gemm input's mean and covariance. Weights (int8, symmetric) are rounded up or down to
 minimise the layer's output error E[(dW x)^2] (AdaRound's quadratic objective, Nagel et al. 2020,
@@ -17,12 +19,14 @@ import os
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from edge.errors import ConversionError, UserError, require
+from edge.quantize.base import Quantizer, register_quantizer
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 DEFAULT_METHOD = "mse"
@@ -41,6 +45,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray
     `known_ranges`: activation ranges decided elsewhere (by quantization-aware training), each given with the
     tensor's values on calib[0]; a graph tensor with those values gets that range instead of a calibrated one
     (matching by value needs no agreement on names between PyTorch and the exported graph).
+    `calib` is one array (a single-input model) or one array per input name.
     Returns a JSON-serialisable dict describing what was done (method, per_channel, formats, excluded nodes, any
     preprocessing such as BN folding) for the build manifest."""
     return _quantize(fp32_path, out_path, calib, method=method, per_channel=per_channel,
@@ -49,55 +54,115 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray
 
 def _quantize(fp32_path, out_path, calib, *, method, per_channel, nodes_to_exclude, adaround=True,
               bias_correction=True, float_logits=True, known_ranges=()) -> dict:
-    """quantize_onnx with the research switches exposed (their defaults are what quantize_onnx does)."""
-    if method not in METHODS:
-        raise UserError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
-    calib = np.asarray(calib, dtype=np.float32)
-    if calib.ndim != 4 or len(calib) == 0:
-        raise UserError(f"calibration data must be a non-empty (N, C, H, W) array, got shape {calib.shape}")
-    fp32_path, out_path, start = Path(fp32_path), Path(out_path), time.time()
-    require("onnxruntime.quantization", "int8 ONNX quantization", package="onnxruntime", extra="onnx")
+    """quantize_onnx with the research switches exposed (their defaults are what quantize_onnx does):
+    the quantizer's three steps, in a temporary folder."""
+    q = QUANTIZER
     with tempfile.TemporaryDirectory(prefix="edge-ptq-") as tmp:
-        try:
-            import onnx
-            import onnxruntime
+        prepared = q.prepare(fp32_path, Path(tmp))
+        q.calibrate(prepared, calib, method, known_ranges)
+        return q.convert(prepared, out_path, per_channel=per_channel, nodes_to_exclude=nodes_to_exclude,
+                         adaround=adaround, bias_correction=bias_correction, float_logits=float_logits)
 
-            pre, qdq = Path(tmp) / "pre.onnx", Path(tmp) / "qdq.onnx"
-            folded = _preprocess(fp32_path, pre)
-            model = onnx.load(str(pre))
-            unknown = sorted(set(nodes_to_exclude) - {n.name for n in model.graph.node})
-            if unknown:
-                raise UserError(f"nodes_to_exclude names not in the graph: {', '.join(unknown)}")
-            stats = _collect(model, calib, histograms=method in ("percentile", "mse"), keep_first=bool(known_ranges))
-            ranges = None if method == "entropy" else {t: _range(method, s) for t, s in stats["act"].items()}
-            kept = _known(ranges, stats.get("first", {}), known_ranges) if known_ranges and ranges else None
-            done = _quantize_weights(model, stats["lin"], per_channel, set(nodes_to_exclude), adaround,
+
+@contextlib.contextmanager
+def _one_line(fp32_path: Path):
+    try:
+        yield
+    except (UserError, ConversionError):
+        raise
+    except Exception as e:  # onnx / onnxruntime raise many types; the CLI wants one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConversionError(f"int8 quantization of {fp32_path.name} failed: {first}") from e
+
+
+@dataclass
+class Prepared:
+    """An fp32 graph on its way to QDQ: after prepare (BN folded), then calibrate (statistics)."""
+
+    folder: Path
+    source: Path
+    model: object  # onnx.ModelProto
+    folded: int
+    start: float
+    calib: dict | None = None
+    method: str | None = None
+    stats: dict | None = None
+    ranges: dict | None = None
+    kept: dict | None = None
+
+
+class OrtStatic(Quantizer):
+    """onnxruntime's static QDQ quantization, with edge's calibration (histogram MSE ranges), rounding
+    search and bias correction; on the exported fp32 ONNX graph."""
+
+    name = "ort-static"
+    applies_to = "graph"
+    methods = (DEFAULT_METHOD, *(m for m in METHODS if m != DEFAULT_METHOD))
+    description = "onnxruntime quantize_static, QDQ, uint8 activations / int8 per-channel weights"
+
+    def prepare(self, fp32_path, folder: Path) -> Prepared:
+        """onnxruntime's quant_pre_process (BN folded into Conv, shapes inferred), into `folder`."""
+        import onnx
+
+        require("onnxruntime.quantization", "int8 ONNX quantization", package="onnxruntime", extra="onnx")
+        pre = Path(folder) / "pre.onnx"
+        with _one_line(Path(fp32_path)):
+            folded = _preprocess(Path(fp32_path), pre)
+            return Prepared(Path(folder), Path(fp32_path), onnx.load(str(pre)), folded, time.time())
+
+    def calibrate(self, p: Prepared, calib, method: str | None = None, known_ranges=()) -> None:
+        """Activation ranges and each Conv/Gemm input's statistics over the calibration samples (one
+        array, or one per input name). `known_ranges`: ranges decided elsewhere (by QAT), each given
+        with its tensor's values on the first sample; a tensor with those values takes that range."""
+        p.method = self.method(method)
+        p.calib = _by_input(p.model, calib.arrays if hasattr(calib, "arrays") else calib)
+        with _one_line(p.source):
+            p.stats = _collect(p.model, p.calib, histograms=p.method in ("percentile", "mse"),
+                               keep_first=bool(known_ranges))
+        p.ranges = None if p.method == "entropy" else {t: _range(p.method, s) for t, s in p.stats["act"].items()}
+        p.kept = _known(p.ranges, p.stats.get("first", {}), known_ranges) if known_ranges and p.ranges else None
+
+    def convert(self, p: Prepared, out_path, *, per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),
+                adaround: bool = True, bias_correction: bool = True, float_logits: bool = True) -> dict:
+        """Weights onto their int8 grid (rounding search, bias correction), then quantize_static's QDQ
+        graph with the calibrated ranges, written atomically to out_path. Returns the manifest's record.
+        Works on a copy of the prepared graph: convert again with other nodes kept in float (--max-drop)."""
+        import onnx
+        import onnxruntime
+
+        unknown = sorted(set(nodes_to_exclude) - {n.name for n in p.model.graph.node})
+        if unknown:
+            raise UserError(f"nodes_to_exclude names not in the graph: {', '.join(unknown)}")
+        model = onnx.ModelProto()
+        model.CopyFrom(p.model)
+        with _one_line(p.source):
+            done = _quantize_weights(model, p.stats["lin"], per_channel, set(nodes_to_exclude), adaround,
                                      bias_correction)
+            pre, qdq = p.folder / "weights.onnx", p.folder / "qdq.onnx"
             onnx.save(model, str(pre))
-            _quantize_static(pre, qdq, calib, ranges, per_channel, list(nodes_to_exclude), float_logits)
+            _quantize_static(pre, qdq, p.calib, p.ranges, per_channel, list(nodes_to_exclude), float_logits)
             onnx.checker.check_model(str(qdq))
-            _atomic_write(qdq.read_bytes(), out_path)
-        except (UserError, ConversionError):
-            raise
-        except Exception as e:  # onnx / onnxruntime raise many types; the CLI wants one line
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ConversionError(f"int8 quantization of {fp32_path.name} failed: {first}") from e
-    return {
-        "format": "QDQ", "runtime": f"onnxruntime {onnxruntime.__version__}", "method": method,
-        "per_channel": per_channel, "calibration_samples": int(len(calib)), "activations": "uint8 asymmetric",
-        "weights": f"int8 symmetric [-127, 127], {'per output channel' if per_channel else 'per tensor'}",
-        "preprocessing": [f"onnxruntime quant_pre_process: {folded} BatchNormalization folded into Conv",
-                          "Clip/Relu after a Conv folded into its output quantization"],
-        "weight_rounding": f"output-error-minimising on {done['searched']} of {done['layers']} Conv/Gemm, "
-                           "nearest on the rest" if adaround else "nearest",
-        "bias_correction": f"{done['corrected']} layers" if bias_correction else "none",
-        "float_outputs": "Gemm (QGemm writes float)" if float_logits else "none",
-        "excluded_nodes": list(nodes_to_exclude), "seconds": round(time.time() - start, 1),
-        **({"known_ranges": kept} if kept else {}),
-        # onnxruntime's WeightBiasQuantization pass would re-quantize (per tensor) an fp32 Conv/Gemm between
-        # DequantizeLinear and QuantizeLinear when the session loads: excluded nodes need it switched off
-        **({"session_disabled_optimizers": ["WeightBiasQuantization"]} if nodes_to_exclude else {}),
-    }
+            _atomic_write(qdq.read_bytes(), Path(out_path))
+        return {
+            "quantizer": self.name, "format": "QDQ", "runtime": f"onnxruntime {onnxruntime.__version__}",
+            "method": p.method,
+            "per_channel": per_channel, "calibration_samples": _count(p.calib), "activations": "uint8 asymmetric",
+            "weights": f"int8 symmetric [-127, 127], {'per output channel' if per_channel else 'per tensor'}",
+            "preprocessing": [f"onnxruntime quant_pre_process: {p.folded} BatchNormalization folded into Conv",
+                              "Clip/Relu after a Conv folded into its output quantization"],
+            "weight_rounding": f"output-error-minimising on {done['searched']} of {done['layers']} Conv/Gemm, "
+                               "nearest on the rest" if adaround else "nearest",
+            "bias_correction": f"{done['corrected']} layers" if bias_correction else "none",
+            "float_outputs": "Gemm (QGemm writes float)" if float_logits else "none",
+            "excluded_nodes": list(nodes_to_exclude), "seconds": round(time.time() - p.start, 1),
+            **({"known_ranges": p.kept} if p.kept else {}),
+            # onnxruntime's WeightBiasQuantization pass would re-quantize (per tensor) an fp32 Conv/Gemm between
+            # DequantizeLinear and QuantizeLinear when the session loads: excluded nodes need it switched off
+            **({"session_disabled_optimizers": ["WeightBiasQuantization"]} if nodes_to_exclude else {}),
+        }
+
+
+QUANTIZER = register_quantizer(OrtStatic())
 
 
 def _preprocess(src: Path, dst: Path) -> int:
@@ -113,18 +178,39 @@ def _preprocess(src: Path, dst: Path) -> int:
     return bn[0] - bn[1]
 
 
-def _batches(model, calib: np.ndarray):
-    """Yield {input: batch} feeds of the model's batch size (1 when dynamic)."""
-    inp = model.graph.input[0]
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
-    if any(0 < d != c for d, c in zip(dims[1:], calib.shape[1:])) or len(calib) < max(dims[0], 1):
-        raise UserError(f"calibration data of shape {calib.shape} does not fit the model input {dims}")
-    batch = max(dims[0], 1)
-    for i in range(0, len(calib) - batch + 1, batch):
-        yield {inp.name: np.ascontiguousarray(calib[i:i + batch])}
+def _by_input(model, calib) -> dict[str, np.ndarray]:
+    """Calibration samples by graph input name (a bare array is the single input's)."""
+    names = [i.name for i in model.graph.input]
+    if not isinstance(calib, dict):
+        calib = {names[0]: np.asarray(calib)}
+    missing = [n for n in names if n not in calib]
+    if missing or not calib or _count(calib) == 0:
+        raise UserError(f"calibration data must hold samples for every graph input ({', '.join(names)}); "
+                        f"missing {', '.join(missing) or 'samples'}")
+    return {n: np.asarray(calib[n]) for n in names}
 
 
-def _collect(model, calib: np.ndarray, histograms: bool, keep_first: bool = False) -> dict:
+def _count(calib) -> int:
+    return len(next(iter(calib.values()))) if isinstance(calib, dict) else len(calib)
+
+
+def _batches(model, calib: dict[str, np.ndarray]):
+    """Yield {input: batch} feeds of the model's batch size (1 when dynamic), every input."""
+    batch = 1
+    for inp in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
+        c = calib[inp.name]
+        if len(dims) != c.ndim or any(0 < d != s for d, s in zip(dims[1:], c.shape[1:])):
+            raise UserError(f"calibration data of shape {c.shape} does not fit the model input {inp.name} {dims}")
+        batch = max(batch, dims[0] if dims else 1)
+    n = _count(calib)
+    if n < batch:
+        raise UserError(f"{n} calibration samples are fewer than the model's batch size {batch}")
+    for i in range(0, n - batch + 1, batch):
+        yield {k: np.ascontiguousarray(v[i:i + batch]) for k, v in calib.items()}
+
+
+def _collect(model, calib: dict[str, np.ndarray], histograms: bool, keep_first: bool = False) -> dict:
     """Run the fp32 model with every float activation exposed. Returns {"act": {tensor: {lo, hi[, hist]}},
     "lin": {node: {mean: mean input, cov: sum of input patch outer products, n: patches}}} for Conv/Gemm,
     and with keep_first, "first": {tensor: its values on the first batch}."""
@@ -135,7 +221,7 @@ def _collect(model, calib: np.ndarray, histograms: bool, keep_first: bool = Fals
     infos = {v.name: v for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
     names = {t for n in model.graph.node for t in [*n.input, *n.output] if t in infos and t not in dims
              and infos[t].type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    feeds = {i.name for i in model.graph.input}
+    feeds = {i.name for i in model.graph.input if i.name in names}  # float inputs (token ids are not quantized)
     aug = onnx.ModelProto()
     aug.CopyFrom(model)
     aug.graph.output.extend(infos[t] for t in sorted(names - {o.name for o in aug.graph.output} - feeds))
@@ -149,7 +235,7 @@ def _collect(model, calib: np.ndarray, histograms: bool, keep_first: bool = Fals
 
     def activations():
         for feed in _batches(model, calib):
-            yield {**dict(zip(outs, sess.run(outs, feed))), **feed}
+            yield {**dict(zip(outs, sess.run(outs, feed))), **{k: v for k, v in feed.items() if k in feeds}}
 
     first = {}
     for count, values in enumerate(activations(), 1):
@@ -173,7 +259,7 @@ def _collect(model, calib: np.ndarray, histograms: bool, keep_first: bool = Fals
                 idx = ((v - np.float32(s["lo"])) * step).astype(np.int32)
                 s["hist"] = s.get("hist", 0) + np.bincount(idx, minlength=HIST_BINS)
     for t in feeds:  # the model input is bounded by preprocessing: never clip it
-        act[t].pop("hist", None)
+        act.get(t, {}).pop("hist", None)
     return {"act": act, "lin": lin, "first": first}
 
 
@@ -382,3 +468,4 @@ def _atomic_write(data: bytes, dst: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+

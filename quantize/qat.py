@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,11 +64,30 @@ MIN_HOLDOUT = 4
 
 @dataclass(frozen=True)
 class TrainSet:
-    """Preprocessed training samples, with labels when they are labelled."""
+    """Preprocessed training samples (one array per input, in the model's input order), with labels
+    when they are labelled. `image`: the input that gets augmented (None: no augmentation)."""
 
-    x: np.ndarray  # (N, C, H, W) float32
+    arrays: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    image: str | None = None
+
+    @property
+    def x(self) -> np.ndarray:
+        """The samples of a single-input model."""
+        return next(iter(self.arrays.values()))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, idx, augment=None) -> tuple:
+        """The tensors of samples `idx`, the image input augmented by `augment(tensor)`."""
+        return tuple(augment(torch.from_numpy(a[idx])) if augment and k == self.image else torch.from_numpy(a[idx])
+                     for k, a in self.arrays.items())
+
+    def take(self, idx) -> "TrainSet":
+        return TrainSet({k: a[idx] for k, a in self.arrays.items()}, None if self.labels is None else self.labels[idx],
+                        self.source, self.image)
 
 
 @dataclass
@@ -80,69 +98,91 @@ class QATResult:
     record: dict  # the recipe and its figures, for the manifest
 
 
-def training_set(train: str | None, calib, pre, num_classes: int | None) -> TrainSet:
-    """`--train DIR` (labelled: ImageFolder or labels.csv), else the calibration samples."""
-    from edge.data import load_images, load_labelled
+def training_set(train: str | None, calib, spec) -> TrainSet:
+    """`--train` data (labelled: an image folder with labels.csv or an ImageFolder tree, or an .npz
+    with one array per input and `labels`), else the calibration samples, unlabelled."""
+    from pathlib import Path
 
+    from edge.data import load_images, load_labelled, load_npz
+
+    image = spec.image.name if spec.image is not None else None
     if train is None:
-        return TrainSet(np.asarray(calib.x, np.float32), None, f"calibration set ({calib.source}), unlabelled")
-    ds = load_labelled(train, what="--train folder")
-    labels = np.asarray(ds.labels, np.int64)
-    if num_classes and labels.max() >= num_classes:
-        raise UserError(f"--train {train} has class index {labels.max()}, but the model has {num_classes} classes")
-    return TrainSet(load_images(ds.paths, pre), labels, f"{train} (labelled, {len(labels)} images)")
+        return TrainSet(dict(calib.arrays), None, f"calibration set ({calib.source}), unlabelled", image)
+    if Path(train).suffix == ".npz":
+        arrays, labels = load_npz(train, spec.inputs, labelled=True)
+        source = f"{train} (labelled, {len(labels)} samples)"
+    else:
+        if image is None or len(spec.inputs) != 1:
+            raise UserError(f"--train {train}: {spec.name}'s input is not one image; pass --train data.npz "
+                            "(one array per input name, and labels)")
+        ds = load_labelled(train, what="--train folder")
+        labels = np.asarray(ds.labels, np.int64)
+        arrays = {image: load_images(ds.paths, spec.image.source.preprocess, progress="loading --train images")}
+        source = f"{train} (labelled, {len(labels)} images)"
+    cls = next((o for o in spec.outputs if o.task == "classification"), None)
+    classes = spec.num_classes if cls is None or cls.shape is None else cls.shape[1]
+    if cls is None:
+        raise UserError(f"--train gives class labels, but {spec.name} has no classification output to train them on")
+    if classes and labels.max() >= classes:
+        raise UserError(f"--train {train} has class index {labels.max()}, but the model has {classes} classes")
+    return TrainSet(arrays, labels.astype(np.int64), source, image)
 
 
-def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs: int = DEFAULT_EPOCHS,
+def fine_tune(model: nn.Module, example, data: TrainSet, *, epochs: int = DEFAULT_EPOCHS,
               lr: float = DEFAULT_LR, max_steps: int | None = None, batch_size: int = BATCH_SIZE,
               seed: int = 0, per_channel: bool = True, range_init: str | None = RANGE_INIT,
-              holdout: float = HOLDOUT, monitor=None) -> QATResult:
+              holdout: float = HOLDOUT, monitor=None, spec=None) -> QATResult:
     """Quantization-aware fine-tuning of a copy of `model` (fp32, eval mode; left unchanged).
     per_channel=False (per-tensor weights) is for measurements; the targets use per-channel.
     range_init: the PTQ observer that sets the activation ranges before training (None: the
     moving-average min/max of the first batches). holdout: the fraction of samples held out to pick
     the checkpoint (0: keep the last step). monitor(step, student) is called at every checkpoint
-    (diagnostics: benchmarks/qat_trajectory.py)."""
+    (diagnostics: benchmarks/qat_trajectory.py). `example`: a tensor or a tuple of them (one per
+    input); `spec` gives each output's task (classification outputs distil by KL divergence, dense
+    ones by mean squared error relative to the teacher's; without it: one classification output)."""
     from torch.ao.quantization import disable_observer
 
-    from edge.quantize.torch_ptq import prepare, qat_qconfig
+    from edge.quantize import QUANTIZERS
 
-    if len(data.x) == 0:
+    if len(data) == 0:
         raise UserError(f"no training samples in {data.source}")
+    tasks = [o.task for o in spec.outputs] if spec is not None else ["classification"]
     start = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train, val = _split(data, holdout, rng)
-    student, clamped = prepare(model, example, qat_qconfig(per_channel), qat=True)
+    student, clamped = QUANTIZERS.get("fx-qnnpack").prepare_qat(model, example, per_channel=per_channel)
     for m in student.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
     if range_init:
-        calibrate_ranges(student, train.x, range_init, batch_size)
-    per_epoch = math.ceil(len(train.x) / batch_size)
+        calibrate_ranges(student, train.arrays, range_init, batch_size)
+    per_epoch = math.ceil(len(train) / batch_size)
     steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
     plan = {"steps": steps, "freeze_step": max(1, round(steps * FREEZE_AT)),
             "bn_stats_freeze_step": round(steps * FREEZE_BN_AT), "check_every": per_epoch}
     teacher = copy.deepcopy(model).eval()
-    losses, checks, best = _train(student, teacher, train, val, plan, lr, batch_size, rng, range_init, monitor)
+    losses, checks, best = _train(student, teacher, train, val, plan, lr, batch_size, rng, range_init, monitor,
+                                  tasks)
     if best is not None:
         student.load_state_dict(best[1])
     student.apply(disable_observer)  # a FakeQuantize observes in eval mode too: keep the learned ranges
     student.eval()
     window = max(1, min(per_epoch, steps // 4))
     record = {
-        "data": data.source, "samples": int(len(data.x)), "trained_on": int(len(train.x)),
+        "data": data.source, "samples": int(len(data)), "trained_on": int(len(train)),
         "objective": ("cross-entropy on the labels + " if data.labels is not None else "")
-        + "KL divergence to the fp32 model's softmax (distillation)",
+        + "KL divergence to the fp32 model's softmax (distillation)"
+        + (" + relative MSE on the dense outputs" if any(t != "classification" for t in tasks) else ""),
         "augmentation": f"random crop {CROP_SCALE[0]:.0%}-{CROP_SCALE[1]:.0%} of the side, resized back; "
-                        "random horizontal flip",
+                        "random horizontal flip" if data.image else "none",
         "range_init": (f"{range_init} observer on the training samples (PTQ's), activation observers off until "
                        "the freeze step, then re-estimated the same way and frozen") if range_init
         else "moving-average min/max, frozen at the freeze step",
         **plan, "epochs": round(steps / per_epoch, 2), "batch_size": batch_size, "lr": lr,
         "optimizer": f"SGD momentum {MOMENTUM}, cosine decay to 0",
         "loss_start": float(f"{np.mean(losses[:window]):.4g}"), "loss_end": float(f"{np.mean(losses[-window:]):.4g}"),
-        "holdout": {"samples": int(len(val.x)), "loss_by_step": checks,
+        "holdout": {"samples": int(len(val)), "loss_by_step": checks,
                     "selected_step": best[0] if best else steps} if val is not None else None,
         "relu6_clamped_observers": clamped, "per_channel_weights": per_channel, "seed": seed,
         "seconds": round(time.perf_counter() - start, 1),
@@ -154,20 +194,19 @@ def fine_tune(model: nn.Module, example: torch.Tensor, data: TrainSet, *, epochs
 
 def _split(data: TrainSet, holdout: float, rng) -> tuple[TrainSet, TrainSet | None]:
     """Hold out a random `holdout` fraction of the samples to pick the checkpoint with."""
-    n_val = int(round(len(data.x) * holdout))
-    if holdout <= 0 or n_val < MIN_HOLDOUT or len(data.x) - n_val < MIN_HOLDOUT:
+    n_val = int(round(len(data) * holdout))
+    if holdout <= 0 or n_val < MIN_HOLDOUT or len(data) - n_val < MIN_HOLDOUT:
         return data, None
-    perm = rng.permutation(len(data.x))
-    take = lambda idx: TrainSet(data.x[np.sort(idx)], None if data.labels is None else data.labels[np.sort(idx)],
-                                data.source)
-    return take(perm[n_val:]), take(perm[:n_val])
+    perm = rng.permutation(len(data))
+    return data.take(np.sort(perm[n_val:])), data.take(np.sort(perm[:n_val]))
 
 
 @torch.no_grad()
-def calibrate_ranges(student: nn.Module, x: np.ndarray, method: str, batch_size: int = BATCH_SIZE) -> int:
+def calibrate_ranges(student: nn.Module, x, method: str, batch_size: int = BATCH_SIZE) -> int:
     """Set every activation FakeQuantize of `student` to the range PTQ's `method` observer gives on
     `x` (float activations and weights, batch norm on its running statistics, as quantize_torch
-    calibrates), and switch those observers off so the range stays. Returns how many were set."""
+    calibrates), and switch those observers off so the range stays. `x`: one array, or one per input in
+    the model's input order. Returns how many were set."""
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
     from edge.quantize.torch_ptq import _activation_observer, _clamp_aware, _quiet_deprecations
@@ -188,8 +227,9 @@ def calibrate_ranges(student: nn.Module, x: np.ndarray, method: str, batch_size:
             m.disable_observer()
             m.disable_fake_quant()
         with _quiet_deprecations():
-            for i in range(0, len(x), batch_size):
-                student(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], np.float32)))
+            arrays = list(x.values()) if isinstance(x, dict) else [np.asarray(x, np.float32)]
+            for i in range(0, len(arrays[0]), batch_size):
+                student(*[torch.from_numpy(np.ascontiguousarray(a[i:i + batch_size])) for a in arrays])
     finally:
         for h in hooks:
             h.remove()
@@ -209,7 +249,8 @@ def calibrate_ranges(student: nn.Module, x: np.ndarray, method: str, batch_size:
 
 
 def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet | None, plan: dict, lr: float,
-           batch_size: int, rng, range_init: str | None, monitor) -> tuple[list[float], dict, tuple | None]:
+           batch_size: int, rng, range_init: str | None, monitor, tasks: list[str]
+           ) -> tuple[list[float], dict, tuple | None]:
     """The training loop. Returns the loss of every step, the held-out loss at each checkpoint
     (every epoch, and step 0), and (step, state_dict) of the checkpoint with the lowest one."""
     import torch.ao.nn.intrinsic.qat as nniqat
@@ -220,7 +261,9 @@ def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet
     steps = plan["steps"]
     opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=lr, momentum=MOMENTUM)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    losses, checks, best, bar = [], {}, None, _Progress(steps)
+    from edge.progress import Counter
+
+    losses, checks, best, bar = [], {}, None, Counter(steps, "qat")
 
     def checkpoint(step: int):
         nonlocal best
@@ -228,7 +271,7 @@ def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet
             monitor(step, student)
         if val is None:
             return
-        checks[str(step)] = loss = _held_out_loss(student, teacher, val, batch_size)
+        checks[str(step)] = loss = _held_out_loss(student, teacher, val, batch_size, tasks)
         if step == 0 and not range_init:  # no ranges yet: step 0 is not a model to ship
             return
         if best is None or loss < best[2]:
@@ -238,17 +281,18 @@ def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet
         if plan["bn_stats_freeze_step"] == 0:
             student.apply(nniqat.freeze_bn_stats)
         checkpoint(0)
-        for step, idx in enumerate(_batches(len(data.x), batch_size, steps, rng)):
+        for step, idx in enumerate(_batches(len(data), batch_size, steps, rng)):
             if step == plan["freeze_step"]:
                 student.apply(disable_observer)
                 if range_init:  # the ranges follow the trained weights once, then stay
-                    calibrate_ranges(student, data.x, range_init, batch_size)
+                    calibrate_ranges(student, data.arrays, range_init, batch_size)
             if step == plan["bn_stats_freeze_step"]:
                 student.apply(nniqat.freeze_bn_stats)
-            x = _augment(torch.from_numpy(data.x[idx]), rng)
+            x = data.batch(idx, lambda t: _augment(t, rng))
             with torch.no_grad():
-                target = teacher(x)
-            loss = _loss(student(x), target, None if data.labels is None else torch.from_numpy(data.labels[idx]))
+                target = teacher(*x)
+            loss = _loss(student(*x), target, None if data.labels is None else torch.from_numpy(data.labels[idx]),
+                         tasks)
             if not torch.isfinite(loss):
                 bar.close()
                 raise ConversionError(f"QAT diverged at step {step + 1} of {steps} (loss {loss.item()}); "
@@ -258,7 +302,7 @@ def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet
             opt.step()
             sched.step()
             losses.append(loss.item())
-            bar.update(step + 1, losses[-1])
+            bar.update(step + 1, loss=losses[-1])
             if (step + 1) % plan["check_every"] == 0 or step + 1 == steps:
                 checkpoint(step + 1)
     bar.close()
@@ -266,15 +310,17 @@ def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet
 
 
 @torch.no_grad()
-def _held_out_loss(student: nn.Module, teacher: nn.Module, val: TrainSet, batch_size: int) -> float:
+def _held_out_loss(student: nn.Module, teacher: nn.Module, val: TrainSet, batch_size: int,
+                   tasks: list[str] = ("classification",)) -> float:
     """The training objective on the held-out samples (centre view, no augmentation)."""
     total = 0.0
     with evaluating(student):
-        for i in range(0, len(val.x), batch_size):
-            x = torch.from_numpy(val.x[i:i + batch_size])
-            labels = None if val.labels is None else torch.from_numpy(val.labels[i:i + batch_size])
-            total += _loss(student(x), teacher(x), labels).item() * len(x)
-    return float(f"{total / len(val.x):.5g}")
+        for i in range(0, len(val), batch_size):
+            idx = np.arange(i, min(i + batch_size, len(val)))
+            x = val.batch(idx)
+            labels = None if val.labels is None else torch.from_numpy(val.labels[idx])
+            total += _loss(student(*x), teacher(*x), labels, tasks).item() * len(idx)
+    return float(f"{total / len(val):.5g}")
 
 
 @contextmanager
@@ -338,9 +384,21 @@ def _augment(x: torch.Tensor, rng) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    kd = F.kl_div(F.log_softmax(student, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean")
-    return kd if labels is None else kd + F.cross_entropy(student, labels)
+def _loss(student, teacher, labels: torch.Tensor | None, tasks=("classification",)) -> torch.Tensor:
+    """Distillation per output (classification: KL divergence between the softmaxes; dense: squared
+    error relative to the teacher's energy), plus cross-entropy on the labels for the first
+    classification output."""
+    from edge.models.loading import output_list
+
+    total, labelled = 0.0, labels is None
+    for s, t, task in zip(output_list(student), output_list(teacher), tasks):
+        if task == "classification":
+            total = total + F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
+            if not labelled:
+                total, labelled = total + F.cross_entropy(s, labels), True
+        else:
+            total = total + ((s - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-12)
+    return total
 
 
 def float_model(prepared: nn.Module) -> tuple[nn.Module, dict]:
@@ -380,9 +438,10 @@ def _range(fq) -> tuple[float, float, tuple[float, float] | None]:
 
 
 @torch.no_grad()
-def learned_ranges(result: QATResult, x0: np.ndarray) -> list[tuple[np.ndarray, tuple[float, float]]]:
+def learned_ranges(result: QATResult, x0) -> list[tuple[np.ndarray, tuple[float, float]]]:
     """The learned activation ranges, each with the values its tensor takes in the fine-tuned float
-    network on the one sample x0 (C, H, W): what ONNX quantization matches its tensors by. Where the
+    network on the first sample of x0 (samples of each input, by name, or one input's sample (C, H, W)):
+    what ONNX quantization matches its tensors by. Where the
     observer recorded clamped values (a ReLU6 follows), the clamped values are given."""
     values = {}
 
@@ -393,7 +452,8 @@ def learned_ranges(result: QATResult, x0: np.ndarray) -> list[tuple[np.ndarray, 
                 values[n.name] = out.detach().float().numpy()
             return out
 
-    Recorder(result.float_model).run(torch.from_numpy(np.ascontiguousarray(x0[None], np.float32)))
+    args = [a[:1] for a in x0.values()] if isinstance(x0, dict) else [np.asarray(x0, np.float32)[None]]
+    Recorder(result.float_model).run(*[torch.from_numpy(np.ascontiguousarray(a)) for a in args])
     known = []
     for name, (lo, hi, clamp) in result.ranges.items():
         if name in values:
@@ -411,7 +471,7 @@ def _on_grid(qat_module: nn.Module) -> nn.Module:
     return flt
 
 
-def to_lite(prepared: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, dict]:
+def to_lite(prepared: nn.Module, example) -> tuple[torch.jit.ScriptModule, dict]:
     """The trained fake-quant model as a traced int8 qnnpack module, with its learned ranges."""
     from edge.quantize import torch_ptq
 
@@ -427,25 +487,3 @@ def to_lite(prepared: nn.Module, example: torch.Tensor) -> tuple[torch.jit.Scrip
         },
         "quantized_ops": info["ops"], "seconds": round(time.perf_counter() - start, 1),
     }
-
-
-class _Progress:
-    """A one-line progress bar with the loss on stderr (only when the edge log shows INFO)."""
-
-    def __init__(self, total: int, width: int = 24):
-        self.total, self.width, self.start = total, width, time.perf_counter()
-        self.on = log.isEnabledFor(logging.INFO)
-
-    def update(self, done: int, loss: float) -> None:
-        if not self.on:
-            return
-        fill = self.width * done // self.total
-        rate = (time.perf_counter() - self.start) / done
-        sys.stderr.write(f"\redge: qat [{'#' * fill}{'.' * (self.width - fill)}] {done}/{self.total} "
-                         f"loss {loss:.4g} {rate:.2f} s/step")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.on:
-            sys.stderr.write("\n")
-            self.on = False

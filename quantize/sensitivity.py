@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from edge.parity import sqnr_db  # noqa: F401  (re-exported: the per-layer figure)
+
 MIN_MATCH_COSINE = 0.5  # below this, a TFLite tensor matches no module
 _SCOPE = re.compile(r"^(?P<scope>/.*)?/(?P<op>[A-Za-z0-9]+)(?:_\d+)?_output_\d+$")
 
@@ -49,14 +51,6 @@ class Layer:
                 "nodes": self.nodes}
 
 
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - out) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * np.log10(max(signal, 1e-30) / noise)
-
-
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     d = np.linalg.norm(a) * np.linalg.norm(b)
@@ -65,9 +59,15 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- PyTorch
 
-def module_outputs(model: nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every submodule's output on x (N, C, H, W), keyed by module path, in execution order
-    (a module called twice keeps its first call)."""
+def _args(x) -> list:
+    """The model's positional inputs: one array, or one per input name in input order."""
+    arrays = list(x.values()) if isinstance(x, dict) else [np.asarray(x, dtype=np.float32)]
+    return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+
+
+def module_outputs(model: nn.Module, x) -> dict[str, np.ndarray]:
+    """Every submodule's output on x (one array, or one per input name), keyed by module path, in
+    execution order (a module called twice keeps its first call)."""
     outs: dict[str, np.ndarray] = {}
     handles = []
     for name, mod in model.named_modules():
@@ -80,7 +80,7 @@ def module_outputs(model: nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
         handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model.eval()(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            model.eval()(*_args(x))
     finally:
         for h in handles:
             h.remove()
@@ -105,7 +105,7 @@ def onnx_module_path(tensor: str) -> tuple[str, str] | None:
     return ".".join(path), m.group("op")
 
 
-def onnx_layer_outputs(path: Path, x: np.ndarray, disabled_optimizers: tuple[str, ...] = ()
+def onnx_layer_outputs(path: Path, x, disabled_optimizers: tuple[str, ...] = ()
                        ) -> dict[str, tuple[np.ndarray, list[str]]]:
     """{float tensor name: (its value on x, producing node names)} for every activation of an ONNX
     file, the dequantized value for a QDQ graph, keyed by the original float tensor's name."""
@@ -137,12 +137,13 @@ def onnx_layer_outputs(path: Path, x: np.ndarray, disabled_optimizers: tuple[str
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(disabled_optimizers))
     names = [o.name for o in sess.get_outputs() if o.name in wanted]
-    inp = sess.get_inputs()[0].name
-    per_sample = [sess.run(names, {inp: x[i:i + 1]}) for i in range(len(x))]
+    feeds = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x}
+    n = len(next(iter(feeds.values())))
+    per_sample = [sess.run(names, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
     return {wanted[n][0]: (np.concatenate([s[k] for s in per_sample]), wanted[n][1]) for k, n in enumerate(names)}
 
 
-def onnx_layers(path: Path, model: nn.Module, x: np.ndarray, manifest: dict | None = None) -> list[Layer]:
+def onnx_layers(path: Path, model: nn.Module, x, manifest: dict | None = None) -> list[Layer]:
     from edge.targets.onnx import disabled_optimizers
 
     found = []
@@ -156,26 +157,32 @@ def onnx_layers(path: Path, model: nn.Module, x: np.ndarray, manifest: dict | No
 
 # ---------------------------------------------------------------- TFLite
 
-def tflite_layer_outputs(path: Path, x: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
-    """[(tensor name, op name, float value on x in NCHW)] for every op output, in execution order."""
-    from edge.targets.tflite import interpreter_class
+def tflite_layer_outputs(path: Path, x, manifest: dict | None = None) -> list[tuple[str, str, np.ndarray]]:
+    """[(tensor name, op name, float value on x in NCHW)] for every op output, in execution order.
+    `x`: one array or one per input name, in the model's layout; the manifest's input specs say
+    how the artifact takes them (without one: a single NCHW image input taken NHWC)."""
+    from edge.runner import to_artifact
+    from edge.targets.base import io_specs
+    from edge.targets.tflite import interpreter
+    from edge.tensors import TensorSpec
 
-    cls, _ = interpreter_class()
-    mod = __import__(cls.__module__, fromlist=["OpResolverType"])
-    it = cls(model_path=str(path), experimental_preserve_all_tensors=True,
-             experimental_op_resolver_type=mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]
+    it = interpreter(path, builtin=True, experimental_preserve_all_tensors=True)
+    details = {d["name"]: d for d in it.get_input_details()}
+    specs = io_specs(manifest, "inputs")
+    if specs is None:
+        d = it.get_input_details()[0]
+        shape = tuple(int(s) for s in d["shape"])
+        scale, zp = d["quantization"]
+        specs = [TensorSpec("input", shape, np.dtype(d["dtype"]).name, "NHWC", (shape[0], shape[3], shape[1], shape[2]),
+                            "NCHW", scale or None, zp, d["name"])]
+    feeds = x if isinstance(x, dict) else {specs[0].name: x}
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     ops = [(op["op_name"], int(o)) for op in it._get_ops_details() for o in op["outputs"] if o >= 0]
     values: dict[int, list[np.ndarray]] = {i: [] for _, i in ops}
-    for i in range(len(x)):
-        xi = x[i:i + 1].transpose(0, 2, 3, 1)
-        scale, zp = inp["quantization"]
-        if inp["dtype"] != np.float32:
-            info = np.iinfo(inp["dtype"])
-            xi = np.clip(np.round(xi / scale + zp), info.min, info.max)
-        it.set_tensor(inp["index"], xi.astype(inp["dtype"]))
+    for i in range(len(next(iter(feeds.values())))):
+        for t in specs:
+            d = details.get(t.tensor) or it.get_input_details()[specs.index(t)]
+            it.set_tensor(d["index"], to_artifact(feeds[t.name][i:i + 1], t))
         it.invoke()
         for _, idx in ops:
             values[idx].append(_dequantized(it.get_tensor(idx), tensors[idx]))
@@ -199,9 +206,9 @@ WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CO
 PLUMBING_OPS = ("PAD", "PADV2", "RESHAPE", "QUANTIZE", "DEQUANTIZE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
 
 
-def tflite_layers(path: Path, model: nn.Module, x: np.ndarray) -> list[Layer]:
+def tflite_layers(path: Path, model: nn.Module, x, manifest: dict | None = None) -> list[Layer]:
     weighted = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d))]
-    found = [(t, op, v, [t], None) for t, op, v in tflite_layer_outputs(path, x) if op not in PLUMBING_OPS]
+    found = [(t, op, v, [t], None) for t, op, v in tflite_layer_outputs(path, x, manifest) if op not in PLUMBING_OPS]
     return match(module_outputs(model, x), found, weighted)
 
 
@@ -259,15 +266,6 @@ def _with_local_drop(layers: list[Layer]) -> list[Layer]:
         layer.local_drop_db = None if prev is None else max(0.0, min(prev, 200.0) - min(layer.sqnr_db, 200.0))
         prev = layer.sqnr_db
     return layers
-
-
-def layers(path: Path, model: nn.Module, x: np.ndarray, manifest: dict | None = None) -> list[Layer] | None:
-    """The per-layer comparison for an artifact, or None where the runtime shows no layers (.ptl)."""
-    if path.suffix == ".onnx":
-        return onnx_layers(path, model, x, manifest)
-    if path.suffix == ".tflite":
-        return tflite_layers(path, model, x)
-    return None
 
 
 def first_parting(layers: list[Layer], threshold_db: float) -> Layer | None:

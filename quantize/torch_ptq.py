@@ -1,4 +1,6 @@
-"""Post-training int8 quantization for the PyTorch mobile lite interpreter (qnnpack engine).
+"""Post-training int8 quantization for the PyTorch mobile lite interpreter (qnnpack engine): the
+"fx-qnnpack" quantizer of the quantizer layer (edge.quantize.base), which the torchscript-mobile
+target asks for, and whose prepare-for-training is what QAT trains (edge.quantize.qat).
 
 FX graph mode (torch.ao.quantization: deprecated, but without torchao the only int8 path to
 TorchScript-mobile) on a copy of the user's eval-mode module. Each choice below was measured on
@@ -23,13 +25,17 @@ import contextlib
 import copy
 import time
 import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from edge.errors import ConversionError, UserError
+from edge.quantize.base import Quantizer, register_quantizer
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
 
 METHODS = ("minmax", "histogram")
 DEFAULT_METHOD = "histogram"  # EfficientNet-Lite0 .ptl: 80.67% (minmax 80.00%), fp32 80.27%
@@ -50,6 +56,7 @@ class _ClampAware:
 
 
 def _activation_observer(method: str):
+    import torch
     from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
 
     base = {"minmax": MinMaxObserver, "histogram": HistogramObserver,
@@ -59,6 +66,7 @@ def _activation_observer(method: str):
 
 
 def _weight_observer(per_channel: bool, moving: bool = False):
+    import torch
     from torch.ao.quantization import observer as obs
 
     if per_channel:
@@ -93,6 +101,8 @@ def qat_qconfig(per_channel: bool = True):
 
 def _backend_config():
     """torch's qnnpack patterns, plus ZeroPad2d sharing its input's qparams (zero padding is exact)."""
+    import torch
+    import torch.nn as nn
     from torch.ao.quantization.backend_config import (BackendPatternConfig, DTypeConfig, ObservationType,
                                                       get_qnnpack_backend_config)
 
@@ -104,6 +114,9 @@ def _backend_config():
 
 def _clamp_bounds(node, modules) -> tuple[float, float] | None:
     """(lo, hi) if `node` is a ReLU6/Hardtanh module or an F.relu6 call, else None."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
     if node.op == "call_module" and isinstance(modules[node.target], nn.Hardtanh):  # ReLU6 is one
         return float(modules[node.target].min_val), float(modules[node.target].max_val)
     if node.op == "call_function" and node.target is F.relu6:
@@ -153,6 +166,9 @@ def _clamp_aware(module) -> _ClampAware | None:
 
 def _fix_clamps(q) -> dict:
     """Drop ReLU6/Hardtanh that are no-ops on their int8 input; make the rest see NCHW tensors."""
+    import torch
+    import torch.nn.functional as F
+
     modules = dict(q.named_modules())
     dropped = contiguous = 0
     for n in list(q.graph.nodes):
@@ -179,6 +195,8 @@ def _fix_clamps(q) -> dict:
 @contextlib.contextmanager
 def _engine(name: str):
     """Use quantized engine `name` inside the block; restore the previous one afterwards."""
+    import torch
+
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = name
     try:
@@ -208,10 +226,14 @@ def _stage(name: str):
         raise ConversionError(f"int8 {ENGINE} quantization failed in {name}: {type(e).__name__}: {first}") from e
 
 
-def _calibrate(prepared, calib: np.ndarray, batch_size: int) -> None:
+def _calibrate(prepared, calib, batch_size: int) -> None:
+    """Run the calibration samples (one array, or one per input in the model's input order) through."""
+    import torch
+
+    arrays = list(calib.values()) if isinstance(calib, dict) else [np.asarray(calib, dtype=np.float32)]
     with torch.inference_mode():
-        for i in range(0, len(calib), batch_size):
-            prepared(torch.from_numpy(np.ascontiguousarray(calib[i:i + batch_size], dtype=np.float32)))
+        for i in range(0, len(arrays[0]), batch_size):
+            prepared(*[torch.from_numpy(np.ascontiguousarray(a[i:i + batch_size])) for a in arrays])
 
 
 def _quantized_ops(traced) -> dict:
@@ -219,22 +241,30 @@ def _quantized_ops(traced) -> dict:
     return {k: kinds.count(k) for k in sorted(set(kinds)) if k.startswith("quantized::")}
 
 
-def _check_inputs(method: str, example: torch.Tensor, calib: np.ndarray) -> None:
+def _examples(example) -> tuple:
+    """The example inputs as a tuple (one tensor is the single input's)."""
+    return tuple(example) if isinstance(example, (tuple, list)) else (example,)
+
+
+def _check_inputs(method: str, example, calib) -> None:
+    import torch
+
     if method not in METHODS:
         raise UserError(f"unknown calibration method {method!r}; choose one of: {', '.join(METHODS)}")
-    if calib.ndim != example.dim() or calib.shape[1:] != tuple(example.shape[1:]) or len(calib) == 0:
-        raise UserError(f"calibration data of shape {calib.shape} does not match the example input "
-                        f"{tuple(example.shape)}")
+    arrays = list(calib.values()) if isinstance(calib, dict) else [np.asarray(calib)]
+    for a, e in zip(arrays, _examples(example)):
+        if a.ndim != e.dim() or a.shape[1:] != tuple(e.shape[1:]) or len(a) == 0:
+            raise UserError(f"calibration data of shape {a.shape} does not match the example input {tuple(e.shape)}")
     if ENGINE not in torch.backends.quantized.supported_engines:
         raise ConversionError(f"this torch build has no '{ENGINE}' quantized engine")
 
 
-def quantize_torch(model: nn.Module, example: torch.Tensor, calib: np.ndarray, *, method: str = DEFAULT_METHOD,
+def quantize_torch(model: nn.Module, example, calib, *, method: str = DEFAULT_METHOD,
                    per_channel: bool = True, batch_size: int = 16) -> tuple[torch.jit.ScriptModule, dict]:
     """Return a traced, int8 (qnnpack) TorchScript module ready for _save_for_lite_interpreter, and a
     JSON-serialisable dict describing what was done (engine, method, per_channel, qconfig summary) for the manifest.
-    `calib` is (N, C, H, W) float32, preprocessed like `example`. Must not modify `model` in place (deepcopy)."""
-    calib = np.asarray(calib)
+    `example`: the example input (a tensor, or a tuple of them); `calib`: its samples (one array, or one per input
+    in the same order), preprocessed like `example`. Must not modify `model` in place (deepcopy)."""
     _check_inputs(method, example, calib)
     start = time.perf_counter()
     prepared, clamped = prepare(model, example, _qconfig(method, per_channel))
@@ -242,7 +272,8 @@ def quantize_torch(model: nn.Module, example: torch.Tensor, calib: np.ndarray, *
         _calibrate(prepared, calib, batch_size)
     traced, info = to_lite(prepared, example)
     return traced, {
-        "engine": ENGINE, "method": method, "per_channel": per_channel, "calibration_samples": int(len(calib)),
+        "engine": ENGINE, "method": method, "per_channel": per_channel,
+        "calibration_samples": int(len(next(iter(calib.values())) if isinstance(calib, dict) else calib)),
         "qconfig": {
             "activation": f"quint8 per-tensor affine, full 0..255 range, {method} observer",
             "weight": f"qint8 {'per-channel' if per_channel else 'per-tensor'} symmetric, scale >= 2**-12",
@@ -252,10 +283,10 @@ def quantize_torch(model: nn.Module, example: torch.Tensor, calib: np.ndarray, *
     }
 
 
-def prepare(model: nn.Module, example: torch.Tensor, qconfig, *, qat: bool = False) -> tuple[nn.Module, int]:
+def prepare(model: nn.Module, example, qconfig, *, qat: bool = False) -> tuple[nn.Module, int]:
     """FX-prepare a copy of `model` for the qnnpack engine: observers (PTQ, eval mode) or fake
     quantization with conv+BN folding simulated (QAT, train mode). Returns it and how many
-    activation observers record ReLU6-clamped values."""
+    activation observers record ReLU6-clamped values. `example`: a tensor or a tuple of them."""
     from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
@@ -263,17 +294,19 @@ def prepare(model: nn.Module, example: torch.Tensor, qconfig, *, qat: bool = Fal
                                        "prepare_fx (FX symbolic tracing)"):
         if qat:
             mapping = get_default_qat_qconfig_mapping(ENGINE).set_global(qconfig)
-            prepared = prepare_qat_fx(copy.deepcopy(model).train(), mapping, (example,),
+            prepared = prepare_qat_fx(copy.deepcopy(model).train(), mapping, _examples(example),
                                       backend_config=_backend_config())
         else:
             mapping = get_default_qconfig_mapping(ENGINE).set_global(qconfig)
-            prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example,), backend_config=_backend_config())
+            prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, _examples(example),
+                                  backend_config=_backend_config())
         return prepared, _mark_clamped_observers(prepared)
 
 
-def to_lite(prepared: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, dict]:
+def to_lite(prepared: nn.Module, example) -> tuple[torch.jit.ScriptModule, dict]:
     """Convert a calibrated (or QAT-trained) prepared model to int8 qnnpack modules and trace it.
     Returns the traced module and {"fixes": clamp fixes, "ops": quantized op counts}."""
+    import torch
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quiet_deprecations(), _engine(ENGINE):
@@ -281,9 +314,72 @@ def to_lite(prepared: nn.Module, example: torch.Tensor) -> tuple[torch.jit.Scrip
             qmodel = convert_fx(copy.deepcopy(prepared).eval(), backend_config=_backend_config())
             fixes = _fix_clamps(qmodel)
         with _stage("torch.jit.trace"), torch.inference_mode():
-            traced = torch.jit.trace(qmodel, example, check_trace=False)
-            traced(example)  # fail here rather than on the phone
+            traced = torch.jit.trace(qmodel, _examples(example), check_trace=False)
+            traced(*_examples(example))  # fail here rather than on the phone
             ops = _quantized_ops(traced)
     if not any(k.startswith(("quantized::conv", "quantized::linear")) for k in ops):
         raise ConversionError("int8 quantization left no quantized conv/linear op: the model would stay float")
     return traced, {"fixes": fixes, "ops": ops}
+
+
+@dataclass
+class FxPrepared:
+    """A module with observers (or trained fake quantization) on its way to int8 qnnpack modules."""
+
+    module: object  # the FX GraphModule
+    method: str
+    per_channel: bool = True
+    clamped: int = 0  # activation observers that record what a following ReLU6 keeps
+    samples: int = 0  # calibration samples seen
+    qat: bool = False
+    seconds: float = 0.0
+
+
+class FxQnnpack(Quantizer):
+    """torch.ao FX graph mode for the qnnpack engine, on the nn.Module before it is traced."""
+
+    name = "fx-qnnpack"
+    applies_to = "module"
+    methods = (DEFAULT_METHOD, *(m for m in METHODS if m != DEFAULT_METHOD))
+    trainable = True
+    description = "torch.ao FX (qnnpack): quint8 activations, qint8 per-channel weights, ReLU6-aware ranges"
+
+    def prepare(self, model, example, method: str | None = None, *, per_channel: bool = True) -> FxPrepared:
+        """Observers on a copy of `model` (`example`: a tensor or a tuple of example inputs)."""
+        method = self.method(method)
+        start = time.perf_counter()
+        module, clamped = prepare(model, example, _qconfig(method, per_channel))
+        return FxPrepared(module, method, per_channel, clamped, seconds=time.perf_counter() - start)
+
+    def prepare_qat(self, model, example, *, per_channel: bool = True):
+        """Fake quantization with the PTQ recipe, for training (edge.quantize.qat): (module, clamped)."""
+        return prepare(model, example, qat_qconfig(per_channel), qat=True)
+
+    def calibrate(self, p: FxPrepared, samples, batch_size: int = 16) -> None:
+        arrays = samples.arrays if hasattr(samples, "arrays") else samples
+        start = time.perf_counter()
+        with _quiet_deprecations(), _stage("calibration"):
+            _calibrate(p.module, arrays, batch_size)
+        p.samples = int(len(next(iter(arrays.values())) if isinstance(arrays, dict) else arrays))
+        p.seconds += time.perf_counter() - start
+
+    def convert(self, p: FxPrepared, example):
+        """The int8 qnnpack modules, traced for the lite interpreter: (module, the manifest's record)."""
+        start = time.perf_counter()
+        traced, info = to_lite(p.module, example)
+        ranges = ("ranges learned in QAT (PTQ-range start, frozen late)" if p.qat
+                  else f"{p.method} observer")
+        return traced, {
+            "quantizer": self.name, "engine": ENGINE, "method": "qat" if p.qat else p.method,
+            "per_channel": p.per_channel, **({} if p.qat else {"calibration_samples": p.samples}),
+            "qconfig": {
+                "activation": f"quint8 per-tensor affine, full 0..255 range, {ranges}",
+                "weight": f"qint8 {'per-channel' if p.per_channel else 'per-tensor'} symmetric"
+                          f"{' [-127, 127]' if p.qat else ''}, scale >= 2**-12{', trained in QAT' if p.qat else ''}",
+                "bn_folded": True, **({} if p.qat else {"relu6_clamped_observers": p.clamped}), **info["fixes"],
+            },
+            "quantized_ops": info["ops"], "seconds": round(p.seconds + time.perf_counter() - start, 1),
+        }
+
+
+register_quantizer(FxQnnpack())

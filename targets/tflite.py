@@ -1,11 +1,14 @@
 """TFLite through onnx2tf, the design's converter: fp32, fp16 (weights), and full-integer int8
-with float or int8 input/output.
+(the tflite-converter quantizer) with float or int8 input/output.
 
 onnx2tf only builds the Keras graph here (`disable_model_save=True`); one TFLiteConverter run
-then writes just the variant asked for, with our calibration samples as the representative
-dataset. Conversion runs in a child process (`python -m edge.targets.tflite`), which keeps
-TensorFlow's threads and memory out of the build process, in a scratch folder that holds the sample file onnx2tf
-would otherwise download, so it runs offline."""
+then writes just the variant asked for, from a function whose signature names every input and
+output as the model does. onnx2tf lays out tensors of rank 3 and more channels-last (NCHW ->
+NHWC, NCL -> NLC); each input's and output's layout is read off the converted graph (and, where
+its shape cannot tell, off its values against onnxruntime's), recorded in the manifest, and
+undone by the runners. Conversion runs in a child process (`python -m edge.targets.tflite`),
+which keeps TensorFlow's threads and memory out of the build process, in a scratch folder that
+holds the sample file onnx2tf would otherwise download, so it runs offline."""
 from __future__ import annotations
 
 import json
@@ -18,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConversionError, UserError
-from edge.runner import run_batch1
-from edge.targets.base import ExportContext, Exported, TensorSpec, check_common, pkg_version
+from edge.runner import Runner, quiet_native_stderr
+from edge.targets.base import ExportContext, Exported, Target, io_specs, pkg_version, register_target
+from edge.tensors import TensorSpec, channels_last, default_layout
 
 # onnx2tf reads this file from its working directory for a test inference; absent, it downloads it.
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -45,105 +49,127 @@ def interpreter_class():
                         "pip install ai-edge-litert") from None
 
 
-class TFLiteRunner:
-    def __init__(self, path: Path, threads: int | None = None):
-        cls, self.runtime = interpreter_class()
+def interpreter(path: Path, threads: int | None = None, builtin: bool = False, **kw):
+    """A TFLite interpreter with its tensors allocated (XNNPACK's start-up line kept off the terminal)."""
+    cls, _ = interpreter_class()
+    if builtin:
+        mod = __import__(cls.__module__, fromlist=["OpResolverType"])
+        kw["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    with quiet_native_stderr():
+        it = cls(model_path=str(path), num_threads=threads, **kw)
+        it.allocate_tensors()
+    return it
+
+
+class TFLiteRunner(Runner):
+    def __init__(self, path: Path, inputs: list[TensorSpec] | None = None, outputs: list[TensorSpec] | None = None,
+                 threads: int | None = None):
+        _, self.runtime = interpreter_class()
         try:
-            self.interp = cls(model_path=str(path), num_threads=threads)
-            self.interp.allocate_tensors()
+            self.interp = interpreter(path, threads)
         except Exception as e:  # noqa: BLE001 - the interpreters raise ValueError or RuntimeError
             if "XNNPACK" not in str(e):
                 raise UserError(f"{path} is not a loadable TFLite model: {_first(e)}") from None
             # XNNPACK refuses some int8 graphs (quantization scales outside the ranges its
             # kernels accept); TFLite's built-in kernels run them. Recorded in the runtime name.
-            self.interp = self._without_xnnpack(path, threads)
+            self.interp = interpreter(path, threads, builtin=True)
             self.runtime += " (built-in kernels: XNNPACK refused the graph)"
-        self.inp = self.interp.get_input_details()[0]
-        self.out = self.interp.get_output_details()[0]
+        ins = {d["name"]: d for d in self.interp.get_input_details()}
+        outs = {d["name"]: d for d in self.interp.get_output_details()}
+        super().__init__(inputs or [_declared(d) for d in ins.values()], outputs or [_declared(d) for d in outs.values()])
+        self._in = [ins[t.tensor]["index"] if t.tensor in ins else self.interp.get_input_details()[k]["index"]
+                    for k, t in enumerate(self.inputs)]
+        self._out = [outs[t.tensor]["index"] if t.tensor in outs else self.interp.get_output_details()[k]["index"]
+                     for k, t in enumerate(self.outputs)]
 
-    @staticmethod
-    def _without_xnnpack(path: Path, threads: int | None):
-        cls, name = interpreter_class()
-        mod = __import__(cls.__module__, fromlist=["OpResolverType"])
-        interp = cls(model_path=str(path), num_threads=threads,
-                     experimental_op_resolver_type=mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        interp.allocate_tensors()
-        return interp
-
-    def _one(self, x: np.ndarray) -> np.ndarray:
-        x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC
-        scale, zp = self.inp["quantization"]
-        if self.inp["dtype"] != np.float32:
-            info = np.iinfo(self.inp["dtype"])
-            x = np.clip(np.round(x / scale + zp), info.min, info.max)
-        self.interp.set_tensor(self.inp["index"], x.astype(self.inp["dtype"]))
+    def _invoke(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        for t, index in zip(self.inputs, self._in):
+            self.interp.set_tensor(index, feeds[t.name])
         self.interp.invoke()
-        y = self.interp.get_tensor(self.out["index"])
-        scale, zp = self.out["quantization"]
-        if self.out["dtype"] != np.float32:
-            y = (y.astype(np.float32) - zp) * scale
-        return y
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return run_batch1(self._one, x)
+        return [self.interp.get_tensor(index) for index in self._out]
 
 
-class TFLite:
+def _declared(d: dict) -> TensorSpec:
+    """A tensor as the interpreter declares it (an artifact without a manifest)."""
+    shape = tuple(int(s) for s in d["shape"])
+    scale, zp = d["quantization"]
+    quant = np.dtype(d["dtype"]).kind in "iu" and scale
+    return TensorSpec(d["name"], shape, np.dtype(d["dtype"]).name, None, shape, None,
+                      float(scale) if quant else None, int(zp) if quant else None, d["name"])
+
+
+class TFLite(Target):
     name = "tflite"
     suffix = ".tflite"
     precisions = ("fp32", "fp16", "int8")
     runtime = "TFLite interpreter (ai-edge-litert / tflite-runtime)"
+    runner_backend = "tflite"
+    quantizer = "tflite-converter"
+    requires = (("onnx2tf", "onnx2tf"), ("tensorflow", "tensorflow"), ("onnxsim", "onnxsim"),
+                ("onnxruntime", "onnxruntime"))
+    extra = "tflite"
     unsupported = {}
     float_fallback = True  # int8 ops can stay in float (--max-drop), via the converter's denylist
 
-    def calib_methods(self) -> tuple[str, ...]:
-        # The TFLite converter's calibrator records each tensor's min and max over the
-        # representative dataset; it offers no other method.
-        return ("minmax",)
+    def available(self) -> str | None:
+        missing = self.missing()
+        if not missing:
+            return None
+        return (f"needs {', '.join(missing)}, not installed; install with: pip install 'edge[tflite]' "
+                "(onnx2tf with --no-deps, see README)")
 
-    def check(self, precision: str, io: str, calib_method: str | None = None) -> None:
-        check_common(self, precision, io, calib_method)
-        import importlib.util
+    def quantize(self, ctx: ExportContext):
+        """int8: the converter's settings and its representative dataset (the calibration samples)."""
+        q = self.get_quantizer()
+        settings = q.prepare(ctx.io, ctx.keep_float)
+        work = (ctx.workdir / "tflite").resolve()
+        work.mkdir(exist_ok=True)
+        np.savez(work / "calib.npz", **ctx.calib.arrays)  # the model's layout; the converter's process lays it out
+        q.calibrate(settings, str(work / "calib.npz"))
+        return settings
 
-        for pkg in ("onnx2tf", "tensorflow", "onnxsim"):
-            if importlib.util.find_spec(pkg) is None:
-                _missing(pkg)
+    def export(self, ctx: ExportContext, precision: str, out: Path, prepared=None) -> Exported:
+        from edge.progress import step
 
-    def export(self, ctx: ExportContext, precision: str, out: Path) -> Exported:
         work = (ctx.workdir / "tflite").resolve()
         work.mkdir(exist_ok=True)
         onnx_path = _edge_padded_maxpool(ctx.onnx_fp32(), work / "model.onnx")
         _write_sample(work, ctx)
-        job = {"onnx": str(onnx_path), "out": str(out.resolve()), "precision": precision, "io": ctx.io,
-               "calib": None, "keep_float": list(ctx.keep_float)}
+        np.savez(work / "example.npz", **ctx.example)
+        job = {"onnx": str(onnx_path), "out": str(out.resolve()), "precision": precision,
+               "inputs": [i.name for i in ctx.spec.inputs], "outputs": [o.name for o in ctx.spec.outputs],
+               "example": str(work / "example.npz"), "result": str(work / "result.json"), "quant": None}
         if precision == "int8":
-            np.save(work / "calib_nhwc.npy", ctx.calib.transpose(0, 2, 3, 1).astype(np.float32))
-            job["calib"] = str(work / "calib_nhwc.npy")
+            job["quant"] = prepared.to_json()
         (work / "job.json").write_text(json.dumps(job))
-        proc = subprocess.run([sys.executable, "-m", "edge.targets.tflite", str(work / "job.json")],
-                              cwd=work, capture_output=True, text=True,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        with step(f"tflite {precision}: onnx2tf + TFLite converter"):
+            proc = subprocess.run([sys.executable, "-m", "edge.targets.tflite", str(work / "job.json")],
+                                  cwd=work, capture_output=True, text=True,
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         logging.getLogger("edge").debug("onnx2tf/TFLite conversion log:\n%s", proc.stdout + proc.stderr)
         if proc.returncode < 0:
             raise ConversionError(f"the TFLite interpreter crashed (signal {-proc.returncode}) running the "
                                   f"converted {precision} model; try another --calib-method or precision")
         if proc.returncode != 0 or not out.exists():
             last = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
+            if any("No space left on device" in ln for ln in last):
+                raise OSError(28, "No space left on device")
             raise ConversionError(f"onnx2tf/TFLite conversion failed: {last[-1][:200] if last else 'no output'} "
                                   f"(rerun with --debug for the converter log)")
-        runner = TFLiteRunner(out)
-        i, o = runner.inp, runner.out
-        return Exported(out, _spec(i, "NHWC"), _spec(o), {
+        result = json.loads((work / "result.json").read_text())
+        return Exported(out, _specs(result["inputs"], ctx.model_inputs()), _specs(result["outputs"], ctx.model_outputs()), {
             "converter": "onnx2tf (Keras graph) + tf.lite.TFLiteConverter",
             "quantization": {"mode": "full-integer" if precision == "int8" else precision,
-                             "per_channel": True, "method": "minmax",
+                             "quantizer": self.quantizer, "per_channel": True, "method": "minmax",
                              "calibration": "TFLite converter (min/max per tensor over the calibration set)",
                              "io": ctx.io, "float_ops": list(ctx.keep_float)} if precision == "int8"
             else {"mode": precision},
+            "layouts": {t["name"]: ("channels-last" if t["perm"] else "as the model") for t in
+                        result["inputs"] + result["outputs"]},
         })
 
-    def load(self, path: Path, manifest: dict | None = None) -> TFLiteRunner:
-        return TFLiteRunner(path)
+    def load(self, path: Path, manifest: dict | None = None, threads: int | None = None) -> TFLiteRunner:
+        return TFLiteRunner(path, io_specs(manifest, "inputs"), io_specs(manifest, "outputs"), threads)
 
     def versions(self) -> dict[str, str | None]:
         _, name = interpreter_class()
@@ -152,22 +178,28 @@ class TFLite:
         return {"onnx2tf": pkg_version("onnx2tf"), "tensorflow": pkg_version("tensorflow"),
                 "tflite_interpreter": f"{name} {interp}"}
 
+    def layer_outputs(self, path: Path, model, x, manifest: dict | None = None):
+        from edge.quantize.sensitivity import tflite_layers
+
+        return tflite_layers(path, model, x, manifest)
+
+
+def _specs(found: list[dict], model: list[TensorSpec]) -> list[TensorSpec]:
+    """The artifact's tensors (from the conversion) tied to the model's, with both layouts."""
+    out = []
+    for t, m in zip(found, model):
+        mlayout = m.model_layout or (default_layout(len(m.model_shape)) if t["perm"] else None)
+        scale, zp = t["quantization"]
+        quant = np.dtype(t["dtype"]).kind in "iu" and scale
+        out.append(TensorSpec(m.name, tuple(t["shape"]), t["dtype"], channels_last(mlayout) if t["perm"] else mlayout,
+                              tuple(m.model_shape), mlayout, float(scale) if quant else None,
+                              int(zp) if quant else None, t["tensor"]))
+    return out
+
 
 def _first(e: Exception) -> str:
     s = str(e).strip()
     return s.splitlines()[0][:200] if s else e.__class__.__name__
-
-
-def _missing(pkg: str):
-    raise UserError(f"the tflite target needs the Python package '{pkg}', which is not installed; "
-                    f"install it with: pip install 'edge[tflite]' (onnx2tf with --no-deps, see README)")
-
-
-def _spec(d: dict, layout: str | None = None) -> TensorSpec:
-    scale, zp = d["quantization"]
-    quant = d["dtype"] != np.float32
-    return TensorSpec(d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, layout,
-                      float(scale) if quant else None, int(zp) if quant else None)
 
 
 def _edge_padded_maxpool(src: Path, dst: Path) -> Path:
@@ -204,68 +236,128 @@ def _edge_padded_maxpool(src: Path, dst: Path) -> Path:
 
 
 def _write_sample(work: Path, ctx: ExportContext) -> None:
-    """onnx2tf's test inference wants 20 RGB images, 128x128, NHWC in [0, 1]; give it ours."""
-    src = ctx.calib if ctx.calib is not None else np.zeros((1, *ctx.input_shape[1:]), np.float32)
+    """onnx2tf's test inference wants 20 RGB images, 128x128, NHWC in [0, 1]; give it ours (or
+    zeros for a model without an image input)."""
+    import torch
+    import torch.nn.functional as F
+
+    image = ctx.spec.image
+    if image is None:
+        np.save(work / ONNX2TF_SAMPLE, np.zeros((20, 128, 128, 3), np.float32))
+        return
+    src = ctx.calib.arrays[image.name] if ctx.calib is not None else ctx.example[image.name]
     x = src[np.arange(20) % len(src)].transpose(0, 2, 3, 1)
     x = (x - x.min()) / max(float(x.max() - x.min()), 1e-6)
-    import torch.nn.functional as F
-    import torch
-
     t = F.interpolate(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), size=(128, 128),
                       mode="bilinear", align_corners=False)
     np.save(work / ONNX2TF_SAMPLE, t.numpy().transpose(0, 2, 3, 1).astype(np.float32))
 
 
+# ---------------------------------------------------------------- the conversion process
+
+def _perm(kshape: tuple, mshape: tuple) -> bool | None:
+    """Is the converted tensor channels-last? True/False, or None when its shape cannot tell."""
+    cl = (mshape[0], *mshape[2:], mshape[1]) if len(mshape) >= 3 else mshape
+    same, last = tuple(kshape) == tuple(mshape), len(mshape) >= 3 and tuple(kshape) == tuple(cl)
+    if same and last:
+        return None
+    if not (same or last):
+        raise ConversionError(f"onnx2tf gave a tensor of shape {tuple(kshape)} for one of shape {tuple(mshape)}")
+    return last
+
+
+def _to_cl(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, *range(2, a.ndim), 1))
+
+
 def _convert(job: dict) -> None:
     """Runs in the child process: ONNX -> Keras (onnx2tf) -> one .tflite variant."""
+    import onnx
     import onnx2tf
+    import onnxruntime as ort
     import tensorflow as tf
 
+    graph = onnx.load(job["onnx"]).graph
+    mshape = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.output]}
     model = onnx2tf.convert(input_onnx_file_path=job["onnx"], output_folder_path="tf",
                             disable_model_save=True, non_verbose=True)
+    # Inputs: onnx2tf lays out every input of rank 3 or more channels-last (an ambiguous shape too).
+    in_perm = {n: (len(mshape[n]) >= 3 if p is None else p) for n, t in zip(job["inputs"], model.inputs)
+               for p in [_perm(tuple(t.shape), mshape[n])]}
     # A frozen concrete function, not from_keras_model: the Keras route serialises every layer's
     # config to a SavedModel first, which took 28 s of a 30 s conversion of MobileNetV2 here.
-    spec = model.inputs[0]
-    fn = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec(spec.shape, tf.float32, "input")])
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
+    sig = [tf.TensorSpec(t.shape, t.dtype, name) for t, name in zip(model.inputs, job["inputs"])]
+    names = job["outputs"]
+
+    def forward(*xs):
+        ys = model(list(xs) if len(xs) > 1 else xs[0])
+        ys = ys if isinstance(ys, (list, tuple)) else [ys]
+        return {n: y for n, y in zip(names, ys)}
+
+    fn = tf.function(forward, input_signature=sig)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if job["precision"] == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
-    elif job["precision"] == "int8":
-        calib = np.load(job["calib"])
+    if job["quant"] is not None:
+        from edge.quantize import QUANTIZERS
 
-        def representative():
-            for i in range(len(calib)):
-                yield [tf.constant(calib[i:i + 1])]
-
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if job["io"] == "int8":
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
-        if job.get("keep_float"):
-            # Selective quantization (--max-drop): the converter's quantization debugger leaves the
-            # ops that write these tensors in float, with Quantize/Dequantize around them.
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=job["keep_float"])
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=representative,
-                                                                 debug_options=options)
-    blob = debugger.get_nondebug_quantized_model() if job.get("keep_float") else conv.convert()
+        settings = dict(job["quant"])
+        calib = np.load(settings["calib"])
+        laid_out = Path(settings["calib"]).with_name("calib_converter.npz")
+        np.savez(laid_out, **{n: _to_cl(calib[n]) if in_perm[n] else calib[n] for n in job["inputs"]})
+        settings["calib"] = str(laid_out)
+        blob = QUANTIZERS.get("tflite-converter").convert(conv, settings, job["inputs"])
+    else:
+        blob = conv.convert()
     tmp = job["out"] + ".partial"
     with open(tmp, "wb") as f:
         f.write(blob)
-    # Run it once here: a TFLite kernel that rejects the graph aborts the whole process, and
-    # this child is the one to lose, not the build.
-    runner = TFLiteRunner(Path(tmp))
-    runner.run(np.zeros((1, spec.shape[3], spec.shape[1], spec.shape[2]), np.float32))
+    # Run it once here: a TFLite kernel that rejects the graph aborts the whole process, and this
+    # child is the one to lose, not the build. Its outputs against onnxruntime's tell the layout of
+    # an output whose shape cannot.
+    example = np.load(job["example"])
+    it = interpreter(Path(tmp))
+    runner = it.get_signature_runner()
+    ins, outs = runner.get_input_details(), runner.get_output_details()
+    feeds = {}
+    for n in job["inputs"]:
+        x = _to_cl(example[n]) if in_perm[n] else example[n]
+        scale, zp = ins[n]["quantization"]
+        if np.dtype(ins[n]["dtype"]).kind in "iu" and x.dtype.kind == "f" and scale:
+            info = np.iinfo(ins[n]["dtype"])
+            x = np.clip(np.round(x / scale + zp), info.min, info.max)
+        feeds[n] = x.astype(ins[n]["dtype"])
+    got = runner(**feeds)
+    ref = dict(zip(names, ort.InferenceSession(job["onnx"], providers=["CPUExecutionProvider"]).run(
+        names, {n: example[n] for n in job["inputs"]})))
+    result = {"inputs": [_entry(n, ins[n], in_perm[n]) for n in job["inputs"]], "outputs": []}
+    for n in names:
+        p = _perm(tuple(outs[n]["shape"]), mshape[n])
+        if p is None:  # the shape cannot tell: the values can
+            y = got[n].astype(np.float32)
+            scale, zp = outs[n]["quantization"]
+            if np.dtype(outs[n]["dtype"]).kind in "iu" and scale:
+                y = (y - zp) * scale
+            p = _cos(_to_cl(ref[n]), y) > _cos(ref[n], y)
+        result["outputs"].append(_entry(n, outs[n], p))
+    Path(job["result"]).write_text(json.dumps(result))
     os.replace(tmp, job["out"])
+
+
+def _entry(name: str, d: dict, perm: bool) -> dict:
+    scale, zp = d["quantization"]
+    return {"name": name, "tensor": d["name"], "shape": [int(s) for s in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name, "quantization": [float(scale), int(zp)], "perm": bool(perm)}
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
 if __name__ == "__main__":
     _convert(json.loads(Path(sys.argv[1]).read_text()))
 else:
-    from edge.targets.base import register_target
-
     register_target(TFLite())

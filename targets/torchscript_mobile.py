@@ -1,67 +1,75 @@
-"""TorchScript for PyTorch's mobile lite interpreter (.ptl). int8 uses quantized kernels for
-the qnnpack engine, the one ARM phones and boards run.
+"""TorchScript for PyTorch's mobile lite interpreter (.ptl). int8 comes from the fx-qnnpack
+quantizer (quantized kernels for the qnnpack engine, the one ARM phones and boards run).
 
 `optimize_for_mobile` is not applied: it needs XNNPACK, which this torch build lacks, and the
-lite interpreter runs the traced module without it."""
+lite interpreter runs the traced module without it. The lite interpreter is no longer developed
+upstream (ExecuTorch is PyTorch's on-device runtime now); it remains for existing apps."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edge.errors import ConversionError
-from edge.runner import run_batch1
-from edge.targets.base import ExportContext, Exported, TensorSpec, check_common, pkg_version, register_target
+from edge.runner import Runner
+from edge.targets.base import ExportContext, Exported, Target, io_specs, register_target
 
 
-class LiteRunner:
+class LiteRunner(Runner):
     runtime = "lite-interpreter"
 
-    def __init__(self, path: Path, quantized: bool):
+    def __init__(self, path: Path, quantized: bool, inputs, outputs, threads: int | None = None):
+        import torch
         from torch.jit.mobile import _load_for_lite_interpreter
 
         if quantized:  # the engine int8 artifacts were built for; a process-wide torch setting
             torch.backends.quantized.engine = "qnnpack"
+        if threads:
+            torch.set_num_threads(threads)
         self.module = _load_for_lite_interpreter(str(path))
+        super().__init__(inputs, outputs)
 
-    @torch.no_grad()
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return run_batch1(lambda b: self.module(torch.from_numpy(np.ascontiguousarray(b))).numpy(), x)
+    def _invoke(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        from edge.models.loading import output_list
+
+        with torch.no_grad():
+            y = self.module(*[torch.from_numpy(feeds[t.name]) for t in self.inputs])
+        return [t.numpy() for t in output_list(y)]
 
 
-class TorchScriptMobile:
+class TorchScriptMobile(Target):
     name = "torchscript-mobile"
     suffix = ".ptl"
     precisions = ("fp32", "int8")
     runtime = "torch lite interpreter"
+    runner_backend = "ptl"
+    quantizer = "fx-qnnpack"
     unsupported = {
         "fp16": "the mobile CPU interpreter has no fp16 kernels; use fp32 or int8",
         "io-int8": "quantized models take and return float tensors in the lite interpreter",
     }
 
-    def calib_methods(self) -> tuple[str, ...]:
-        from edge.quantize.torch_ptq import DEFAULT_METHOD, METHODS
+    def quantize(self, ctx: ExportContext):
+        """int8: observers on the module, calibrated; with QAT, the trained fake-quant model as it is."""
+        from edge.quantize.torch_ptq import FxPrepared
 
-        return (DEFAULT_METHOD, *(m for m in METHODS if m != DEFAULT_METHOD))
+        if ctx.qat is not None:  # the same convert, on the ranges learned in training
+            return FxPrepared(ctx.qat.prepared, "qat", qat=True)
+        q = self.get_quantizer()
+        prepared = q.prepare(ctx.model, ctx.example_tensors(), ctx.calib_method)
+        q.calibrate(prepared, ctx.calib)
+        return prepared
 
-    def check(self, precision: str, io: str, calib_method: str | None = None) -> None:
-        check_common(self, precision, io, calib_method)
+    def export(self, ctx: ExportContext, precision: str, out: Path, prepared=None) -> Exported:
+        import torch
 
-    def export(self, ctx: ExportContext, precision: str, out: Path) -> Exported:
-        example = torch.zeros(ctx.input_shape)
+        example = ctx.example_tensors()
         details: dict = {"format": "torchscript lite interpreter (bytecode)"}
         try:
-            if precision == "int8" and ctx.qat is not None:  # keep the ranges learned in training
-                from edge.quantize.qat import to_lite
-
-                traced, details["quantization"] = to_lite(ctx.qat.prepared, example)
-            elif precision == "int8":
-                from edge.quantize.torch_ptq import DEFAULT_METHOD, quantize_torch
-
-                traced, qinfo = quantize_torch(ctx.model, example, ctx.calib,
-                                               method=ctx.calib_method or DEFAULT_METHOD)
-                details["quantization"] = qinfo
+            if precision == "int8":
+                traced, details["quantization"] = self.get_quantizer().convert(prepared, example)
             else:
                 with torch.no_grad():
                     traced = torch.jit.trace(ctx.model, example)
@@ -70,17 +78,19 @@ class TorchScriptMobile:
             raise
         except Exception as e:
             raise ConversionError(f"TorchScript export failed: {e.__class__.__name__}: {_first(e)}") from e
-        with torch.no_grad():
-            n_out = tuple(ctx.model(example).shape)
-        return Exported(out, TensorSpec("input", tuple(ctx.input_shape), layout="NCHW"),
-                        TensorSpec("output", n_out), details)
+        return Exported(out, ctx.model_inputs(), ctx.model_outputs(), details)
 
-    def load(self, path: Path, manifest: dict | None = None) -> LiteRunner:
+    def load(self, path: Path, manifest: dict | None = None, threads: int | None = None) -> LiteRunner:
         quantized = bool(manifest and manifest.get("precision") == "int8")
-        return LiteRunner(path, quantized)
+        inputs, outputs = io_specs(manifest, "inputs"), io_specs(manifest, "outputs")
+        if inputs is None or outputs is None:
+            raise ConversionError(f"{path}: a .ptl file does not declare its inputs; its manifest.json is needed")
+        return LiteRunner(path, quantized, inputs, outputs, threads)
 
     def versions(self) -> dict[str, str | None]:
-        return {"torch": torch.__version__}
+        from edge.targets.base import pkg_version
+
+        return {"torch": pkg_version("torch")}
 
 
 def _first(e: Exception) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from edge.config import BuildConfig
-from edge.pipeline import build, verify
+from edge.pipeline import build
+from edge.verification import verify
 from edge.targets import TARGETS
 
 from conftest import offline_weights
@@ -41,4 +42,4 @@ def test_int8_within_one_point_of_fp32_on_every_target(imagenet_sample, unlabell
         assert p["top1_drop_pp"] <= 1.0, (m["target"], p)
         assert m["calibration"]["count"] == 250
     # CI's drift check: the folder verifies again against the same labelled set.
-    assert all(r["passed"] for r in verify(tmp_path / "out", eval_dir=str(imagenet_sample)))
+    assert all(r["passed"] for r in verify(tmp_path / "out", str(imagenet_sample)))

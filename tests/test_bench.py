@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import edge
-from edge.bench import bench, format_table, write_json
+from edge.benchmark import bench, format_table, write_json
 from edge.device import RUNNER, runner, write_runner
 from edge.errors import UserError
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import edge
-from edge.bench import bench, format_table
+from edge.benchmark import bench, format_table
 from edge.device import RUNNER, remote
 from edge.errors import EdgeError, UserError
 

@@ -154,9 +154,9 @@ def test_custom_model_missing_factory(out, tmp_path, capsys):
 
 
 def test_parity_miss_exits_1_and_says_by_how_much(out, capsys):
-    msg = fail(["build", "--model", "tiny", "--weights", "random", "--target", "onnx", "--min-cosine", "1.5",
+    msg = fail(["build", "--model", "tiny", "--weights", "random", "--target", "onnx", "--min-sqnr-db", "500",
                 "--out", str(out)], capsys, 1, "parity check failed", "missed by", out=out)
-    assert "min_cosine" in msg
+    assert "sqnr_db" in msg and "nothing published" in msg
 
 
 def test_conversion_failure_exits_1(out, tmp_path, capsys):
@@ -200,4 +200,4 @@ def test_a_killed_build_leaves_staging_that_the_next_build_removes(out, capsys):
     busy.mkdir()
     assert main(["build", "--model", "tiny", "--weights", "random", "--target", "onnx", "--out", str(out)]) == 0
     assert not any(d.exists() for d in stale) and busy.is_dir()
-    assert (out / "manifest.json").is_file()
+    assert (out / "onnx" / "manifest.json").is_file()

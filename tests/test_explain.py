@@ -20,7 +20,7 @@ from PIL import Image
 import edge
 from edge.data import BUILTIN_CALIB_DIR, load_image
 from edge.errors import ParityError
-from edge.explain import explain, format_report, plot
+from edge.explaining import explain, format_report, plot
 from edge.models.loading import random_bn_recalibrated_state, resolve_model
 
 MODEL = f"{Path(__file__).parent / 'assets' / 'planted.py'}:build"
@@ -76,7 +76,7 @@ def build(out: Path, weights: Path, targets: str, **kw) -> list[dict]:
 def test_explain_names_the_planted_layer(planted, tmp_path):
     out = tmp_path / "bad"
     build(out, planted["block2"], "all", budget=LOOSE)
-    reports = {r["target"]: r for r in explain(out)}
+    reports = {r["target"]: r for r in explain(out, model=MODEL, weights=str(planted["block2"]))}
     for target in ("onnx", "tflite"):
         r = reports[target]
         assert r["first_parting"]["module"].startswith("block2."), format_report(r)
@@ -93,7 +93,7 @@ def test_explain_fp32_stays_with_pytorch(planted, tmp_path):
     out = tmp_path / "fp32"
     edge.build(model=MODEL, input_shape=SHAPE, weights=str(planted["block2"]), target="all", precision="fp32",
                out=str(out))
-    for r in explain(out):
+    for r in explain(out, model=MODEL, weights=str(planted["block2"])):
         if r["layers"] is not None:
             assert r["first_parting"] is None and min(l["sqnr_db"] for l in r["layers"]) > 60.0, format_report(r)
 
@@ -101,7 +101,8 @@ def test_explain_fp32_stays_with_pytorch(planted, tmp_path):
 def test_explain_cli(planted, tmp_path):
     out = tmp_path / "cli"
     build(out, planted["block2"], "onnx", budget=LOOSE)
-    proc = subprocess.run([sys.executable, "-m", "edge.cli", "-q", "explain", str(out), "--brief",
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "-q", "explain", str(out), "--brief", "--model", MODEL,
+                           "--weights", str(planted["block2"]),
                            "--json", str(tmp_path / "e.json")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "parts from PyTorch" in proc.stdout and "block2." in proc.stdout and (out / "explain.png").is_file()
@@ -122,8 +123,9 @@ def test_max_drop_keeps_the_planted_layer_in_float(target, planted, tmp_path):
     assert fb["size_bytes"] > fb["int8_size_bytes"] and fb["ms_per_sample"] > 0
     q = m["target_details"]["quantization"]
     assert q["excluded_nodes" if target == "onnx" else "float_ops"] == fb["kept_float_nodes"]
-    # the artifact on disk is the one that met the budget, and it still does in a fresh check
-    (r,) = edge.verify(out)
+    # the artifact on disk is the one that met the budget, and it still does in a fresh check (the data and the
+    # network named here, not read from the build folder)
+    (r,) = edge.verify(out, str(planted["photos"]), model=MODEL, weights=str(planted["block2"]))
     assert r["passed"] and r["top1_drop_pp"] <= 5.0
 
 

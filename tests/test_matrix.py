@@ -9,7 +9,8 @@ import pytest
 
 from edge.config import BuildConfig
 from edge.models import MODELS
-from edge.pipeline import build, verify
+from edge.pipeline import build
+from edge.verification import verify
 from edge.targets import PRECISIONS, TARGETS
 
 from conftest import offline_weights, small_size
@@ -40,12 +41,13 @@ def test_build_matrix(model, target, precision, tmp_path, weights_file):
                       weights="imagenet" if real else weights_file(model, size), input_shape=(1, 3, size, size),
                       budget=MATRIX_INT8_BUDGET if precision == "int8" else {})
     [m] = build(cfg)
-    out = tmp_path / "out"
+    out = tmp_path / "out" / target  # every build writes OUT/<target>/
     assert (out / m["artifact"]).stat().st_size == m["size_bytes"]
     assert json.loads((out / "manifest.json").read_text()) == m
     assert m["parity"]["passed"] and m["precision"] == precision and m["target"] == target
     assert (m["calibration"] is not None) == (precision == "int8")
-    assert sorted(p.name for p in out.iterdir()) == sorted([m["artifact"], "manifest.json"])
+    files = {m["artifact"], "manifest.json", m["check"]["file"]} | ({m["labels"]} if m["labels"] else set())
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
 
 
 def test_unsupported_combinations_are_declared():
@@ -73,7 +75,7 @@ def test_tflite_int8_io_with_a_relative_out(tmp_path, weights_file, monkeypatch)
     cfg = BuildConfig(model="tiny", targets=("tflite",), precision="int8", io="int8", out="rel/out",
                       weights=weights_file("tiny", 32), budget=MATRIX_INT8_BUDGET)
     [m] = build(cfg)
-    assert (tmp_path / "rel" / "out" / m["artifact"]).is_file()
+    assert (tmp_path / "rel" / "out" / "tflite" / m["artifact"]).is_file()
     assert m["input"]["dtype"] == "int8" and m["output"]["dtype"] == "int8"
     assert m["input"]["layout"] == "NHWC" and isinstance(m["input"]["scale"], float)
     assert isinstance(m["output"]["zero_point"], int)

@@ -14,7 +14,8 @@ from edge.config import BuildConfig
 from edge.data import BUILTIN_CALIB_DIR
 from edge.errors import UserError
 from edge.models import MODELS, load_model
-from edge.pipeline import build, verify
+from edge.pipeline import build
+from edge.verification import verify
 from edge.quantize import qat
 from edge.quantize.calibration import calibration_and_parity
 from edge.targets import TARGETS
@@ -29,7 +30,7 @@ SHAPE = (1, 3, 32, 32)
 def tiny(weights_file):
     spec = MODELS.get("tiny")
     model = load_model(spec, weights_file("tiny", 32), 32)
-    cal, par = calibration_and_parity(None, spec.preprocess.at(32), SHAPE, True, False)
+    cal, par = calibration_and_parity(None, spec, True, False)
     return spec, model, cal, par
 
 
@@ -40,7 +41,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_fine_tune_freezes_late_and_the_ptl_keeps_the_learned_ranges(tiny):
     spec, model, cal, par = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    r = qat.fine_tune(model, torch.zeros(SHAPE), qat.training_set(None, cal, None, spec.num_classes),
+    r = qat.fine_tune(model, torch.zeros(SHAPE), qat.training_set(None, cal, spec),
                       epochs=20, max_steps=30, lr=1e-2)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the fp32 model was modified"
     assert r.record["steps"] == 30 and r.record["freeze_step"] == 20 and r.record["bn_stats_freeze_step"] == 0
@@ -74,7 +75,7 @@ def test_training_starts_from_the_ptq_ranges(tiny):
     ptq, _ = torch_ptq.prepare(model, torch.zeros(SHAPE), torch_ptq._qconfig("histogram", True))
     torch_ptq._calibrate(ptq, cal.x, 16)
     ptq_scales = [float(m.calculate_qparams()[0]) for n, m in ptq.named_modules() if "activation_post_process" in n]
-    data = qat.training_set(None, cal, None, spec.num_classes)
+    data = qat.training_set(None, cal, spec)
     scales = {}
     for init in ("histogram", None):
         r = qat.fine_tune(model, torch.zeros(SHAPE), data, max_steps=1, lr=0.0, holdout=0, range_init=init)
@@ -132,8 +133,7 @@ def test_qat_with_labelled_training_data(tmp_path, weights_file):
 
 def test_labelled_loss_goes_down(tiny, tmp_path):
     spec, model, *_ = tiny
-    data = qat.training_set(str(_labelled_folder(tmp_path / "train")), None, spec.preprocess.at(32),
-                            spec.num_classes)
+    data = qat.training_set(str(_labelled_folder(tmp_path / "train")), None, spec)
     assert data.labels is not None and sorted(set(data.labels.tolist())) == [0, 1, 2]
     r = qat.fine_tune(model, torch.zeros(SHAPE), data, max_steps=40, lr=5e-2, batch_size=9)
     assert r.record["loss_end"] < 0.8 * r.record["loss_start"]  # 2.42 -> 1.71 when written
@@ -227,14 +227,15 @@ def test_trained_int8_weights_reach_onnx_and_tflite_exactly(tiny, tmp_path):
     from edge.targets.base import ExportContext
 
     spec, model, cal, _ = tiny
-    r = qat.fine_tune(model, torch.zeros(SHAPE), qat.training_set(None, cal, None, spec.num_classes),
+    r = qat.fine_tune(model, torch.zeros(SHAPE), qat.training_set(None, cal, spec),
                       max_steps=20, lr=1e-2)
     trained = {n: p.detach().numpy() for n, p in r.float_model.named_parameters() if n.endswith("weight")}
     assert len(trained) == 5
-    ctx = ExportContext(r.float_model, SHAPE, tmp_path, cal.x, qat=r)
-    onnx_info = TARGETS.get("onnx").export(ctx, "int8", tmp_path / "m.onnx").details["quantization"]
+    ctx = ExportContext(r.float_model, spec, tmp_path, example=cal.head(1).arrays, calib=cal, qat=r)
+    onnx, tflite = TARGETS.get("onnx"), TARGETS.get("tflite")
+    onnx_info = onnx.export(ctx, "int8", tmp_path / "m.onnx", onnx.quantize(ctx)).details["quantization"]
     assert onnx_info["known_ranges"]["matched"] >= 5  # the learned activation ranges were carried over
-    TARGETS.get("tflite").export(ctx, "int8", tmp_path / "m.tflite")
+    tflite.export(ctx, "int8", tmp_path / "m.tflite", tflite.quantize(ctx))
     for got in (_onnx_weights(tmp_path / "m.onnx"), _tflite_weights(tmp_path / "m.tflite")):
         for name, w in trained.items():
             diffs = [np.abs(g - w).max() for g in got if g.shape == w.shape]

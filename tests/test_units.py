@@ -132,8 +132,7 @@ def test_list_images_is_sorted_and_recursive(tmp_path):
 
 
 def test_builtin_calibration_and_parity_sets_are_disjoint():
-    pre = MODELS.get("tiny").preprocess
-    cal, par = calibration_and_parity(None, pre, (1, 3, 32, 32), need_calib=True, have_eval=False)
+    cal, par = calibration_and_parity(None, MODELS.get("tiny"), need_calib=True, have_eval=False)
     assert len(cal.x) == 36 and len(par.x) == 18
     assert not set(n.split(":")[0] for n in cal.names) & set(n.split(":")[0] for n in par.names)
 
@@ -141,17 +140,17 @@ def test_builtin_calibration_and_parity_sets_are_disjoint():
 def test_calib_folder_holds_out_every_tenth_image_for_parity(tmp_path):
     for i in range(20):
         Image.new("RGB", (40, 40), (i * 10, 0, 0)).save(tmp_path / f"{i:02d}.png")
-    pre = MODELS.get("tiny").preprocess
-    cal, par = calibration_and_parity(str(tmp_path), pre, (1, 3, 32, 32), need_calib=True, have_eval=False)
+    tiny = MODELS.get("tiny")
+    cal, par = calibration_and_parity(str(tmp_path), tiny, need_calib=True, have_eval=False)
     assert len(cal.x) == 18 and par.names == ("09.png", "19.png")
-    cal2, par2 = calibration_and_parity(str(tmp_path), pre, (1, 3, 32, 32), need_calib=True, have_eval=True)
+    cal2, par2 = calibration_and_parity(str(tmp_path), tiny, need_calib=True, have_eval=True)
     assert len(cal2.x) == 20 and par2 is None
 
 
 def test_calib_npy_shape_is_checked(tmp_path):
     np.save(tmp_path / "c.npy", np.zeros((4, 3, 16, 16), np.float32))
     with pytest.raises(UserError, match="expected"):
-        calibration_and_parity(str(tmp_path / "c.npy"), MODELS.get("tiny").preprocess, (1, 3, 32, 32), True, True)
+        calibration_and_parity(str(tmp_path / "c.npy"), MODELS.get("tiny"), True, True)
 
 
 # --- parity ---------------------------------------------------------------------------------
@@ -234,7 +233,7 @@ def test_cli_lists_models_and_targets_from_the_registries(capsys):
     out = capsys.readouterr().out
     for name in MODELS.names():
         assert name in out
-    assert "efficientnet_lite0  4.65M" in out and "yes" in out  # real weights installed offline
+    assert "efficientnet_lite0  4.65M" in out and "offline" in out  # real weights installed offline
     assert main(["targets"]) == 0
     out = capsys.readouterr().out
     for t in TARGETS:

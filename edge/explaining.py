@@ -23,15 +23,20 @@ log = logging.getLogger("edge")
 THRESHOLDS_DB = {"fp32": 40.0, "fp16": 25.0, "int8": 10.0}
 
 
-def explain(out_dir: str | Path, samples: int = 8, threshold_db: float | None = None) -> list[dict]:
+def explain(out_dir: str | Path, samples: int = 8, threshold_db: float | None = None, model: str | None = None,
+            weights: str | None = None) -> list[dict]:
     """One report per artifact under out_dir: {artifact, target, precision, output_sqnr_db,
-    threshold_db, layers: [...], first_parting, worst: [...], note}."""
+    threshold_db, layers: [...], first_parting, worst: [...], note}. The PyTorch model comes from
+    edge's registry, or, for a user's network (and weights from a file), from `model` (and
+    `weights`), checked against the sha256 the build recorded (edge.verification)."""
     import torch
 
-    from edge.pipeline import reference_model
+    from edge.models.loading import output_list
+    from edge.parity import sqnr_db
     from edge.quantize import sensitivity as sens
-    from edge.quantize.calibration import calibration_and_parity
+    from edge.quantize.calibration import builtin_sets
     from edge.targets import TARGETS
+    from edge.verification import artifact_of, load_manifest, reference_model
 
     if samples < 1:
         raise UserError(f"--samples must be at least 1, not {samples}")
@@ -41,31 +46,30 @@ def explain(out_dir: str | Path, samples: int = 8, threshold_db: float | None = 
     reports = []
     cache: dict = {}
     for path in manifests:
-        m = mf.read(path)
-        if not isinstance(m.get("build"), dict) or "artifact" not in m:
-            raise UserError(f"{path} is not an edge manifest")
-        artifact = path.parent / m["artifact"]
-        if not artifact.is_file():
-            raise UserError(f"{artifact} is missing; rebuild it with edge build")
-        key = (m["model"], m["weights"], tuple(m["input"]["shape"]))
+        m = load_manifest(path)
+        artifact = artifact_of(path, m)
+        cfg = (m.get("build") or {}).get("config") or {}
+        key = (cfg.get("model"), cfg.get("weights"), str(cfg.get("input_shape")), str(cfg.get("tasks")))
         if key not in cache:  # one reference per model, not per target
-            spec, shape, model = reference_model(m)
-            _, par = calibration_and_parity(None, spec.preprocess.at(shape[2]), shape, True, False)
-            cache[key] = (model, par.x[:samples], par.source)
-        model, x, source = cache[key]
+            spec, net = reference_model(m, model, weights)
+            _, par = builtin_sets(spec)
+            cache[key] = (net, par.head(samples), par.source)
+        net, x, source = cache[key]
         threshold = THRESHOLDS_DB[m["precision"]] if threshold_db is None else threshold_db
         log.info("explain: %s (%s %s) on %d samples", artifact.name, m["target"], m["precision"], len(x))
-        runner = TARGETS.get(m["target"]).load(artifact, m)
+        target = TARGETS.get(m["target"])
+        out = target.load(artifact, m).run(x.arrays)
         with torch.no_grad():
-            ref = model(torch.from_numpy(x)).numpy()
-        out_sqnr = sens.sqnr_db(ref, runner.run(x))
-        layers = sens.layers(artifact, model, x, m)
+            ref = [y.numpy() for y in output_list(net(*[torch.from_numpy(a) for a in x.arrays.values()]))]
+        sqnr = {name: sqnr_db(r, out[name]) for name, r in zip(out, ref)}
+        layers = target.layer_outputs(artifact, net, x.arrays, m)
         first = sens.first_parting(layers, threshold) if layers else None
         worst = sorted((l for l in layers or [] if l.local_drop_db is not None and l.local_drop_db > 3.0),
                        key=lambda l: -l.local_drop_db)[:5]
         reports.append({
             "artifact": str(artifact), "target": m["target"], "precision": m["precision"],
-            "samples": len(x), "sample_source": source, "threshold_db": threshold, "output_sqnr_db": out_sqnr,
+            "samples": len(x), "sample_source": source, "threshold_db": threshold,
+            "output_sqnr_db": next(iter(sqnr.values())), "outputs_sqnr_db": sqnr,
             "layers": [l.to_json() for l in layers] if layers is not None else None,
             "first_parting": first.to_json() if first else None,
             "worst": [l.to_json() for l in worst],
@@ -137,9 +141,14 @@ def plot(reports: list[dict], path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write the plot {path} ({e.strerror}); pass --plot with a writable path") from None
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -1,0 +1,85 @@
+"""load: the model spec, the network with its weights, the calibration and check samples, and
+the reference's outputs on the check samples (every later stage compares against these)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import UserError
+from edge.stages.base import BuildState, Check, Stage, register_stage
+
+log = logging.getLogger("edge")
+SMALL_CHECK = 50  # fewer held-out samples than this: say that --eval would check accuracy
+
+
+class Load(Stage):
+    name = "load"
+    scope = "model"
+    order = 10
+
+    def run(self, state: BuildState, artifact=None) -> dict:
+        from edge.models.loading import _user_code, file_sha256, is_custom, load_model, resolve_model
+        from edge.parity import RANDOM_WEIGHTS_NOTE, budget_for, can_judge
+        from edge.quantize.calibration import calibration_and_parity, evaluation_set
+        from edge.runner import TorchRunner
+
+        cfg = state.config
+        spec = resolve_model(cfg.model, cfg.input_shape, cfg.tasks)
+        model = load_model(spec, cfg.weights)
+        int8 = cfg.precision == "int8"
+        calib, parity = calibration_and_parity(cfg.calib, spec, int8, cfg.eval is not None)
+        samples = evaluation_set(cfg.eval, spec) if cfg.eval else parity
+        if cfg.eval is None and len(samples) < SMALL_CHECK:
+            log.warning("parity is checked on %d held-out samples only; pass --eval (labelled data) for an "
+                        "accuracy check", len(samples))
+        reference = TorchRunner(model, spec)
+        log.info("reference: %s on %d samples from %s", spec.name, len(samples), samples.source)
+        with _user_code(f"{spec.name}: forward") if spec.family == "custom" else contextlib.nullcontext():
+            ref = reference.run(samples.arrays, progress="reference pass")
+        spec = _with_output_shapes(spec, ref)
+        for o in spec.outputs:
+            why = can_judge(o.task, o.shape)
+            if why:
+                raise UserError(f"output {o.name}: {why}")
+        _check_labels(spec, samples)
+        random = cfg.weights == "random"
+        state.spec, state.reference, state.model, state.calib = spec, model, model, calib
+        state.check = Check(samples, ref, samples.source)
+        state.budgets = {o.name: budget_for(spec, o, cfg.precision, cfg.budget, random) for o in spec.outputs}
+        state.judged_on = RANDOM_WEIGHTS_NOTE if random else None
+        if is_custom(cfg.model):
+            path = Path(cfg.model.rsplit(":", 1)[0])
+            state.inputs_record["model_file"] = {"path": str(path), "sha256": file_sha256(path)}
+        if cfg.weights not in ("imagenet", "random"):
+            state.inputs_record["weights_sha256"] = file_sha256(cfg.weights)
+        return {"model": spec.name, "weights": cfg.weights, "inputs": [i.to_json() for i in spec.inputs],
+                "outputs": [o.to_json() for o in spec.outputs], "check_samples": len(samples),
+                "calibration_samples": len(calib) if calib is not None else 0}
+
+
+def _with_output_shapes(spec, ref: dict[str, np.ndarray]):
+    outputs = tuple(replace(o, shape=(1, *ref[o.name].shape[1:])) for o in spec.outputs)
+    return replace(spec, outputs=outputs)
+
+
+def _check_labels(spec, samples) -> None:
+    if samples.labels is None:
+        return
+    labels = samples.labels
+    cls = next((o for o in spec.outputs if o.task == "classification"), None)
+    if cls is None:
+        raise UserError(f"--eval gives class labels, but {spec.name} has no classification output to score them on")
+    classes = cls.shape[1]
+    if labels.max() >= classes:
+        raise UserError(f"--eval {samples.source.removeprefix('eval ')} has class index {labels.max()}, but "
+                        f"{spec.name} has {classes} classes")
+    if len(set(labels.tolist())) == 1:
+        log.warning("--eval holds a single class (%d): top-1 then measures one class's recall, not accuracy",
+                    int(labels[0]))
+
+
+register_stage(Load())

@@ -1,0 +1,78 @@
+"""Text classification: a small transformer encoder (Vaswani et al., 2017), two inputs as a
+tokenizer gives them, int64 token ids and an attention mask (1 for tokens, 0 for padding), both
+(N, 32); two layers, 4 heads, width 128, vocabulary 1,000; the mask-weighted mean of the last
+layer, then 2 classes. Attention is written with plain Linear layers and matmuls (no fused
+kernel), which every exporter and quantizer handles. No offline weights: random weights."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from edge.models.spec import ModelSpec, register_model
+from edge.tensors import InputSpec, Mask, OutputSpec, Tokens
+
+VOCAB, LENGTH, WIDTH, HEADS, LAYERS = 1000, 32, 128, 4, 2
+MASKED = -1e4  # added to the scores of padding: finite, so softmax stays finite in every precision
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads, self.dim = heads, width // heads
+        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        q, k, v = (f(x).reshape(n, t, self.heads, self.dim).transpose(1, 2) for f in (self.q, self.k, self.v))
+        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.dim) + bias
+        y = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.out(y.transpose(1, 2).reshape(n, t, -1))
+
+
+class Layer(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.norm1 = nn.LayerNorm(width)
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.norm2 = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.attn(x, bias))
+        return self.norm2(x + self.ff(x))
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, vocab: int = VOCAB, length: int = LENGTH, num_classes: int = 2):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, WIDTH)
+        self.positions = nn.Embedding(length, WIDTH)
+        self.layers = nn.ModuleList(Layer(WIDTH, HEADS) for _ in range(LAYERS))
+        self.fc = nn.Linear(WIDTH, num_classes)
+        self.register_buffer("position_ids", torch.arange(length)[None], persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.to(torch.float32)
+        bias = ((1.0 - mask) * MASKED)[:, None, None, :]
+        x = self.tokens(input_ids) + self.positions(self.position_ids)
+        for layer in self.layers:
+            x = layer(x, bias)
+        pooled = (x * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+        return self.fc(pooled)
+
+
+def build_text_classifier(*, input_shape: tuple[int, ...] = (1, LENGTH), num_classes: int = 2) -> nn.Module:
+    return TextClassifier(VOCAB, input_shape[1], num_classes)
+
+
+register_model(ModelSpec(
+    name="text_transformer", family="text", builder=build_text_classifier,
+    inputs=(InputSpec("input_ids", (1, LENGTH), "int64", None, Tokens(VOCAB)),
+            InputSpec("attention_mask", (1, LENGTH), "int64", None, Mask())),
+    outputs=(OutputSpec("logits", "classification", (1, 2)),),
+    num_classes=2, min_input_size=1, resizable=False, labels=lambda: ["negative", "positive"],
+    description="a 2-layer transformer text classifier: token ids + attention mask (random weights)",
+))
