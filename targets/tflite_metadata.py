@@ -66,7 +66,21 @@ def write_metadata(path: Path, *, labels: list[str] | None, mean: list[float] | 
     return {"written": True, "tool": f"{TOOL} {tool.version}", "format": "TFLite Model Metadata",
             "min_parser_version": md["min_parser_version"], "fields": fields,
             "labels_file": LABELS_FILE if labels is not None else None,
-            "num_labels": len(labels) if labels is not None else None, "mean": md["mean"], "std": md["std"]}
+            "num_labels": len(labels) if labels is not None else None, "mean": md["mean"], "std": md["std"],
+            "notes": _consumer_notes(tool, spec, mean, std)}
+
+
+def _consumer_notes(tool, spec: dict, mean, std) -> list[str]:
+    """What keeps the two readers of this metadata from running the model as it is (seen here
+    with the TFLite Task Library 0.4.4 and MediaPipe Tasks 1.2.2)."""
+    notes = []
+    if spec["input_type"] not in (tool.schema.TensorType.FLOAT32, tool.schema.TensorType.UINT8):
+        notes.append("the TFLite Task Library and MediaPipe Tasks take uint8 or float32 input only; "
+                     "this model's input is not (build it with --io float)")
+    if mean is not None and (len(set(mean)) > 1 or len(set(std)) > 1):
+        notes.append("MediaPipe Tasks refuses per-channel normalisation with different values per channel "
+                     "('Per-channel image normalization is not available'); the TFLite Task Library applies it")
+    return notes
 
 
 def read_metadata(path: Path) -> dict | None:

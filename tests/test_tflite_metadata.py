@@ -90,6 +90,10 @@ def test_metadata_round_trips_and_leaves_the_graph_alone(model):
         np.testing.assert_allclose(md["input"]["max"], (255 - np.array(MEAN)) / STD, rtol=1e-6)
     else:
         assert md["input"]["min"] is None and "quantized" in md["input"]["description"]
+    # The readers' limits, for the manifest: int8 input, and MediaPipe's single-value normalisation.
+    notes = " | ".join(result["notes"])
+    assert ("uint8 or float32" in notes) == ("int8" in model.name)
+    assert "MediaPipe Tasks refuses per-channel" in notes  # ImageNet's mean/std differ per channel
 
     after = run(model)
     assert after[1:] == before[1:]  # same input/output names, shapes, dtypes, quantization
@@ -124,6 +128,7 @@ def test_writing_again_replaces_the_metadata(model):
     result = tm.write_metadata(model, labels=new_labels, mean=[127.5], std=[127.5], **ARGS)
     md = tm.read_metadata(model)
     assert result["written"] and md["labels"] == new_labels and md["mean"] == [127.5] and md["std"] == [127.5]
+    assert not any("per-channel" in n for n in result["notes"])  # one value for all channels: MediaPipe takes it
     assert md["associated_files"] == ["labels.txt"]
     assert run(model)[0].tobytes() == before[0].tobytes()
 
