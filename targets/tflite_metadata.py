@@ -70,19 +70,6 @@ def write_metadata(path: Path, *, labels: list[str] | None, mean: list[float] | 
             "notes": _consumer_notes(tool, spec, mean, std)}
 
 
-def _consumer_notes(tool, spec: dict, mean, std) -> list[str]:
-    """What keeps the two readers of this metadata from running the model as it is (seen here
-    with the TFLite Task Library 0.4.4 and MediaPipe Tasks 1.2.2)."""
-    notes = []
-    if spec["input_type"] not in (tool.schema.TensorType.FLOAT32, tool.schema.TensorType.UINT8):
-        notes.append("the TFLite Task Library and MediaPipe Tasks take uint8 or float32 input only; "
-                     "this model's input is not (build it with --io float)")
-    if mean is not None and (len(set(mean)) > 1 or len(set(std)) > 1):
-        notes.append("MediaPipe Tasks refuses per-channel normalisation with different values per channel "
-                     "('Per-channel image normalization is not available'); the TFLite Task Library applies it")
-    return notes
-
-
 def read_metadata(path: Path) -> dict | None:
     """The metadata embedded in a .tflite, read with the tool that writes it, or None if it has none.
 
@@ -205,6 +192,19 @@ def _check_args(labels, mean, std, spec: dict) -> None:
         bad = [lab for lab in labels if not isinstance(lab, str) or not lab.strip() or "\n" in lab or "\r" in lab]
         if bad:
             raise UserError(f"TFLite metadata: each label must be one non-empty line; got {bad[0]!r}")
+
+
+def _consumer_notes(tool, spec: dict, mean, std) -> list[str]:
+    """What keeps the two readers of this metadata from running the model as it is (seen here
+    with the TFLite Task Library 0.4.4 and MediaPipe Tasks 1.2.2)."""
+    notes = []
+    if spec["input_type"] not in (tool.schema.TensorType.FLOAT32, tool.schema.TensorType.UINT8):
+        notes.append("the TFLite Task Library and MediaPipe Tasks take uint8 or float32 input only; "
+                     "this model's input is not (build it with --io float)")
+    if mean is not None and (len(set(mean)) > 1 or len(set(std)) > 1):
+        notes.append("MediaPipe Tasks refuses per-channel normalisation with different values per channel "
+                     "('Per-channel image normalization is not available'); the TFLite Task Library applies it")
+    return notes
 
 
 # --- writing ---------------------------------------------------------------------------------
