@@ -164,6 +164,11 @@ class Target:
     def versions(self) -> dict[str, str | None]:
         return {}
 
+    def finish(self, exported: Exported, spec: "ModelSpec", labels: Path | None) -> dict | None:
+        """Last touches to a checked artifact before it is published, for the manifest's
+        target_details (TFLite embeds its metadata). They must not change its outputs."""
+        return None
+
     def layer_outputs(self, path: Path, model, x, manifest: dict | None = None):
         """Per-layer comparison with PyTorch for `edge explain` and --max-drop (edge.quantize.
         sensitivity.Layer list), or None where the runtime exposes no intermediate tensors."""

@@ -178,6 +178,19 @@ class TFLite(Target):
         return {"onnx2tf": pkg_version("onnx2tf"), "tensorflow": pkg_version("tensorflow"),
                 "tflite_interpreter": f"{name} {interp}"}
 
+    def finish(self, exported: Exported, spec, labels: Path | None) -> dict:
+        """An image classifier carries its normalisation and labels as TFLite Model Metadata, which
+        the TFLite Task Library and MediaPipe read (targets/tflite_metadata.py)."""
+        from edge.targets.tflite_metadata import write_metadata
+
+        if spec.image is None or len(spec.inputs) != 1 or len(spec.outputs) != 1 or labels is None:
+            return {"metadata": {"written": False, "reason": "TFLite Model Metadata is written for image "
+                                 "classifiers (one image in, one vector of class scores out)"}}
+        pre = spec.image.source.preprocess
+        return {"metadata": write_metadata(exported.path, labels=labels.read_text().splitlines(),
+                                           mean=list(pre.mean), std=list(pre.std), input_name=spec.inputs[0].name,
+                                           output_name=spec.outputs[0].name, description=spec.description)}
+
     def layer_outputs(self, path: Path, model, x, manifest: dict | None = None):
         from edge.quantize.sensitivity import tflite_layers
 

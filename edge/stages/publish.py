@@ -36,7 +36,7 @@ def publish(state: BuildState, a: ArtifactState) -> dict:
     a.exported.path = final
     labels = _labels(state, folder)
     check = _check(state, folder)
-    extra = a.target.finish(a.exported, state.spec, labels) if hasattr(a.target, "finish") else None
+    extra = a.target.finish(a.exported, state.spec, folder / labels if labels else None)
     m = manifest(state, a, labels, check, extra)
     mf.write_json_atomic(folder / mf.MANIFEST, m)
     dest = state.out / a.target.name
