@@ -49,7 +49,7 @@ def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmu
     _check_counts(threads, runs, warmup)
     if pin is not None and device is not None:
         raise UserError("--pin pins host CPUs; on a device, run runner.py under taskset there instead")
-    jobs = [job for p in paths for job in collect(Path(p), input_shape)]
+    jobs = [job for p in paths for job in collect(Path(p))]
     prefix = _taskset(pin) if pin is not None else []
     options = _runner_options(threads, runs, warmup, input_shape)
     for job in jobs if device else ():
@@ -70,8 +70,10 @@ def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmu
     return results
 
 
-def collect(path: Path, input_shape: tuple | None) -> list[Job]:
-    """The artifacts a PATH names: itself, or every artifact with a manifest below a folder."""
+def collect(path: Path) -> list[Job]:
+    """The artifacts a PATH names: itself, or every artifact with a manifest below a folder. An
+    artifact without a manifest is timed as it declares its inputs; the runner says when it
+    needs an input shape (dynamic dims, a .ptl)."""
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if path.is_dir():
@@ -81,8 +83,6 @@ def collect(path: Path, input_shape: tuple | None) -> list[Job]:
         m = mf.read(beside)
         if m.get("artifact") == path.name:
             return [Job(path, beside, m)]
-    if input_shape is None:
-        raise UserError(f"{path} has no manifest.json; pass --input-shape 1,3,H,W")
     return [Job(path)]
 
 
