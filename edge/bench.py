@@ -180,7 +180,8 @@ def format_table(results: list[dict]) -> str:
 
 def _row(r: dict) -> tuple[str, ...]:
     lat, rss = r["latency_ms"], r.get("peak_rss_bytes")
-    precision = (r.get("manifest") or {}).get("precision") or "-"
+    # without a manifest, the runner's reading of the artifact's tensor types (int8, fp16, float)
+    precision = (r.get("manifest") or {}).get("precision") or r.get("precision") or "-"
     dev = r.get("device") or {"name": "host"}
     where = dev["name"] + (" (emulated)" if dev.get("emulated") else "")
     return (_label(Path(r["path"])), where, r["format"], precision, f"{r['size_bytes'] / 1e6:.2f}", _ms(r["load_ms"]),

@@ -231,18 +231,19 @@ def test_bench_missing_path_and_empty_folder(tmp_path):
 
 def test_bench_artifact_without_manifest(fp32_build, tmp_path):
     """An ONNX/TFLite file alone runs with the shapes it declares; a .ptl declares none, so it needs
-    input_shape."""
+    input_shape. The table's precision comes from the artifact's tensor types."""
     alone = shutil.copy(artifact_in(fp32_build / "onnx"), tmp_path / "alone.onnx")
     (r,) = bench([alone], threads=None, runs=2, warmup=0, pin=None, input_shape=None, progress=False)
     assert r["manifest"] is None and r["input"] == {"shape": [1, 3, 32, 32], "dtype": "float32", "layout": None,
                                                     "source": "random normal, seed 0"}
-    assert "default" in format_table([r]).splitlines()[1]  # threads: the runtime's own
+    row = format_table([r]).splitlines()[1]
+    assert "default" in row and " float " in row  # threads: the runtime's own; fp32 tensors only
     ptl = shutil.copy(artifact_in(fp32_build / "torchscript-mobile"), tmp_path / "alone.ptl")
     with pytest.raises(UserError, match=r"alone.ptl has no manifest.json and a .ptl file declares no input shapes; "
                                         r"pass --input-shape"):
         bench([ptl], threads=None, runs=2, warmup=0, pin=None, input_shape=None, progress=False)
     (r,) = bench([ptl], threads=None, runs=2, warmup=0, pin=None, input_shape=(1, 3, 32, 32), progress=False)
-    assert r["input"]["shape"] == [1, 3, 32, 32]
+    assert r["input"]["shape"] == [1, 3, 32, 32] and r["precision"] is None and " - " in format_table([r])
 
 
 @pytest.mark.parametrize("name", ["x.tflite", "x.onnx"])
@@ -288,6 +289,7 @@ def test_runner_several_inputs_and_outputs(kind, multi, device, tmp_path):
     assert r["input"] == {"shape": first_in["shape"], "dtype": first_in["dtype"], "layout": first_in["layout"],
                           "source": "x.npz"}
     assert r["output"] == {"shape": first_out["shape"], "dtype": first_out["dtype"]}
+    assert r["precision"] is None  # the manifest says it
     expected = multi_io.REFERENCES[kind](artifact, x)
     steps = multi_io.output_steps(artifact.parent)
     assert set(y) == set(expected) == {"logits", "feat"} and y["feat"].shape == (1, 4, 12, 16)
@@ -409,13 +411,13 @@ def test_runner_save_output_npz_and_npy(multi, fp32_build, device, tmp_path):
 
 def test_runner_foreign_artifacts_read_their_own_inputs(fp32_build, multi, device, tmp_path):
     """An artifact alone: its inputs and dtypes from the model, data in its own layout (NHWC for
-    TFLite), integer inputs cast."""
+    TFLite), integer inputs cast, and the precision from its tensor types."""
     tfl = Path(shutil.copy(artifact_in(fp32_build / "tflite"), tmp_path / "alone.tflite"))
     x = np.random.default_rng(2).standard_normal((1, 32, 32, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     proc = run_runner(device, tfl, "--runs", 1, "--input", tmp_path / "x.npy", "--save-output", tmp_path / "y.npy")
     r = json.loads(proc.stdout)
-    assert r["input"]["shape"] == [1, 32, 32, 3] and r["input"]["layout"] is None
+    assert r["input"]["shape"] == [1, 32, 32, 3] and r["input"]["layout"] is None and r["precision"] == "float"
     from edge.targets.tflite import TFLiteRunner  # edge's own runner takes NCHW and transposes
 
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), TFLiteRunner(tfl).run(x.transpose(0, 3, 1, 2)))
@@ -424,7 +426,19 @@ def test_runner_foreign_artifacts_read_their_own_inputs(fp32_build, multi, devic
     r = json.loads(run_runner(device, several, "--runs", 1).stdout)
     assert [(i["name"], i["dtype"], i["shape"]) for i in r["inputs"]] == [("image", "int8", [1, 12, 16, 3]),
                                                                           ("ids", "int64", [1, 8])]
-    assert r["inputs"][1]["source"] == "ones (integer input without a source)"
+    assert r["precision"] == "int8" and r["inputs"][1]["source"] == "ones (integer input without a source)"
+    fp16 = Path(shutil.copy(multi["tflite-fp16"], tmp_path / "half.tflite"))
+    assert json.loads(run_runner(device, fp16, "--runs", 1).stdout)["precision"] == "fp16"
+
+
+def test_runner_foreign_onnx_precision_from_initializers(fp32_build, device, tmp_path):
+    """A QDQ/integer-weight ONNX graph takes and returns float; its int8 weights say int8 (with the
+    onnx package, which the host has)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(artifact_in(fp32_build / "onnx")), str(tmp_path / "w8.onnx"), weight_type=QuantType.QInt8)
+    r = json.loads(run_runner(device, tmp_path / "w8.onnx", "--runs", 1).stdout)
+    assert r["input"]["dtype"] == "float32" and r["precision"] == "int8"
 
 
 def dynamic_onnx(path: Path, nhwc: bool) -> Path:
@@ -463,3 +477,7 @@ def test_runner_dynamic_dims_hint(nhwc, device, tmp_path):
     one_error(run_runner(device, path, "--input-shape", f"image={shape}"), 2, "has no input 'image'")
 
 
+def test_bench_table_precision_without_manifest(multi, tmp_path):
+    several = shutil.copy(multi["tflite-int8"], tmp_path / "several.tflite")
+    (r,) = bench([several], threads=1, runs=1, warmup=0, pin=None, input_shape=None, progress=False)
+    assert r["precision"] == "int8" and format_table([r]).splitlines()[1].split()[3] == "int8"

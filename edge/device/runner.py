@@ -237,6 +237,9 @@ class TFLiteBackend:
     def results(self, ret) -> list[np.ndarray]:
         return [self.interp.get_tensor(d["index"]) for d in self.outs]
 
+    def precision(self) -> str:
+        return _precision(np.dtype(d["dtype"]) for d in self.interp.get_tensor_details())
+
 
 class OrtBackend:
     format = "onnx"
@@ -288,6 +291,20 @@ class OrtBackend:
     def results(self, ret) -> list[np.ndarray]:
         return list(ret)
 
+    def precision(self) -> str:
+        """From the input/output types; with the onnx package (not needed otherwise), also from
+        the initializers, where a QDQ graph with float I/O keeps its int8 weights."""
+        types = [d.dtype for d in self.inputs() + self.outputs() if d.dtype is not None]
+        try:
+            import onnx
+            from onnx import helper
+
+            graph = onnx.load(str(self.path), load_external_data=False).graph
+            types += [np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)) for t in graph.initializer]
+        except Exception:  # noqa: BLE001 - no (working) onnx package: the I/O types above still count
+            pass
+        return _precision(types)
+
 
 class LiteBackend:
     format = "ptl"
@@ -329,11 +346,23 @@ class LiteBackend:
                               "the runner reads a tensor or a tuple of tensors")
         return [r.detach().numpy() for r in rets]
 
+    def precision(self) -> None:
+        return None  # nothing in a .ptl file says so without running torch's own tooling
+
     def context(self):
         return self.torch.no_grad()
 
 
 BACKENDS = {b.format: b for b in (TFLiteBackend, OrtBackend, LiteBackend)}
+
+
+def _precision(dtypes) -> str:
+    """int8 / uint8 / fp16 / float: the narrowest type among an artifact's tensors."""
+    kinds = {np.dtype(d).name for d in dtypes}
+    for dtype, label in (("int8", "int8"), ("uint8", "uint8"), ("float16", "fp16")):
+        if dtype in kinds:
+            return label
+    return "float"
 
 
 def backend_class(path: Path):
@@ -812,6 +841,7 @@ def run(a: argparse.Namespace) -> dict:
     result = {
         "schema": SCHEMA, "artifact": path.name, "path": str(path.resolve()), "format": backend.format,
         "runtime": {"name": backend.name, "version": backend.version}, "size_bytes": path.stat().st_size,
+        "precision": backend.precision() if manifest is None else None,
         "load_ms": load_ms, "first_inference_ms": first_ms, "warmup": a.warmup, "runs": a.runs,
         "threads": a.threads, "latency_ms": summarize(times), "peak_rss_bytes": peak_rss_bytes(),
         "input": {"shape": list(feeds[inputs[0].slot].shape), "dtype": feeds[inputs[0].slot].dtype.name,
