@@ -481,3 +481,63 @@ def test_bench_table_precision_without_manifest(multi, tmp_path):
     several = shutil.copy(multi["tflite-int8"], tmp_path / "several.tflite")
     (r,) = bench([several], threads=1, runs=1, warmup=0, pin=None, input_shape=None, progress=False)
     assert r["precision"] == "int8" and format_table([r]).splitlines()[1].split()[3] == "int8"
+
+# ---------------------------------------------------------------- --image: what the person at the device sees
+
+@pytest.mark.parametrize("photo", ["chelsea.jpg", "astronaut.jpg", "rocket.jpg"])
+def test_runner_image_preprocessing_is_edges(photo):
+    """The runner's own loader (PIL + numpy) gives edge.data.load_image's numbers bit for bit."""
+    from edge.data import BUILTIN_CALIB_DIR, load_image
+    from edge.models.spec import Preprocess
+
+    pre = Preprocess(256, 224, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    image = runner.Tensor("input", (1, 3, 224, 224), "float32", model_shape=(1, 3, 224, 224),
+                          source={"kind": "image", "resize": 256, "crop": 224, "mean": list(pre.mean),
+                                  "std": list(pre.std), "color": "RGB"})
+    ours = runner.load_photo(str(BUILTIN_CALIB_DIR / photo), image)
+    theirs = load_image(BUILTIN_CALIB_DIR / photo, pre)[None]
+    assert ours.dtype == theirs.dtype == np.float32 and ours.tobytes() == theirs.tobytes()
+
+
+def test_runner_image_top5(fp32_build, device, tmp_path):
+    """--image runs a photo through the manifest's preprocessing and prints the top-5 classes,
+    named from the labels file beside the artifact (class indices without one)."""
+    from edge.data import BUILTIN_CALIB_DIR, load_image
+    from edge.models.spec import Preprocess
+    from edge.targets import TARGETS
+
+    folder = shutil.copytree(fp32_build / "onnx", tmp_path / "onnx")
+    artifact, m = artifact_in(folder), json.loads((folder / "manifest.json").read_text())
+    photo = BUILTIN_CALIB_DIR / "chelsea.jpg"
+    p = m["preprocess"]
+    x = load_image(photo, Preprocess(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"])))[None]
+    scores = TARGETS.get("onnx").load(artifact, m).run(x)[0]
+    best = [int(i) for i in np.argsort(-scores, kind="stable")[:5]]
+
+    proc = run_runner(device, artifact, "--runs", 1, "--image", photo)
+    r = json.loads(proc.stdout)
+    assert r["input"]["source"] == "chelsea.jpg" and [t["index"] for t in r["top5"]] == best
+    assert [t["label"] for t in r["top5"]] == [None] * 5 and f"class {best[0]} (index {best[0]})" in proc.stderr
+    np.testing.assert_allclose([t["score"] for t in r["top5"]], scores[best], rtol=1e-5, atol=1e-6)
+
+    names = [f"name-{i}" for i in range(10)]
+    (folder / "labels.txt").write_text("\n".join(names) + "\n")
+    (folder / "manifest.json").write_text(json.dumps(m | {"labels": "labels.txt"}))
+    proc = run_runner(device, artifact, "--runs", 1, "--image", photo)
+    r = json.loads(proc.stdout)
+    assert [t["label"] for t in r["top5"]] == [names[i] for i in best]
+    lines = proc.stderr.splitlines()
+    top = lines.index("top-5 for chelsea.jpg:")
+    assert [ln.split(".", 1)[1].split("(")[0].strip() for ln in lines[top + 1:top + 6]] == [names[i] for i in best]
+
+
+def test_runner_image_errors(fp32_build, multi, device, tmp_path):
+    onnx = artifact_in(fp32_build / "onnx")
+    photo = Path(edge.__file__).parent / "assets" / "calib" / "chelsea.jpg"
+    one_error(run_runner(device, multi["onnx"], "--image", photo), 2, "--image needs a manifest whose single input",
+              "mask (source mask)")
+    alone = shutil.copy(onnx, tmp_path / "alone.onnx")
+    one_error(run_runner(device, alone, "--image", photo), 2, "--image needs the artifact's manifest.json")
+    (tmp_path / "not.jpg").write_text("not an image")
+    one_error(run_runner(device, onnx, "--image", tmp_path / "not.jpg"), 2, "not a readable image")
+    one_error(run_runner(device, onnx, "--image", photo, "--input", tmp_path / "x.npy"), 2, "not allowed with")

@@ -115,6 +115,14 @@ def test_runner_several_inputs_in_device_venv(venv, kind, multi, tmp_path):
             np.testing.assert_allclose(y[name], want, rtol=0, atol=atol, err_msg=name)
 
 
+def test_runner_image_without_pillow(builds):
+    """A device Python without Pillow: --image says how to install it, in one line."""
+    photo = ROOT / "edge" / "assets" / "calib" / "chelsea.jpg"
+    proc = run(runner_venv("litert"), RUNNER, artifact_in(builds["onnx"]), "--runs", 1, "--image", photo)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("runner: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "pip install pillow" in errors[0], proc.stderr
+
+
 @pytest.mark.parametrize("venv,kind,words", [("tflite-runtime", "onnx", "pip install onnxruntime"),
                                              ("litert", "ptl", "torch")])
 def test_runner_venv_without_the_runtime(venv, kind, words, builds):

@@ -4,15 +4,16 @@ Self-contained: it needs only the Python standard library, numpy and the one run
 the artifact, so it can be copied to a Raspberry Pi on its own:
 
     python runner.py model.tflite --threads 4 --runs 100 --json result.json
+    python runner.py model.tflite --image photo.jpg          # also prints the top-5 classes
 
 The inputs and outputs (names, shapes, layouts, dtypes, quantization, how sample data is made)
 come from the manifest.json beside the artifact (or --manifest). Without one they come from the
 artifact itself (--input-shape fills in dynamic dims, and every shape of a .ptl, which declares
 none), and data is fed in the artifact's own layout. Input data is in the model's layout and
-shape: --input FILE (.npy for one input, .npz with one array per input name), else made per
-input from the manifest's `source` (random normal with seed 0 for an image). The runner
-transposes it to the artifact's layout and quantizes it for an int8 input; it reads every output by
-name, dequantizes it and transposes it back to the model's layout.
+shape: --input FILE (.npy for one input, .npz with one array per input name), --image PHOTO
+(one image input), else made per input from the manifest's `source` (random normal with seed 0
+for an image). The runner transposes it to the artifact's layout and quantizes it for an int8
+input; it reads every output by name, dequantizes it and transposes it back to the model's layout.
 The artifact runs once (the first inference), --warmup more times, then --runs timed times; only
 the runtime's own invoke/run call is inside the timer. Errors are one line on stderr:
 exit 2 for bad input or a missing runtime, 1 for a runtime failure.
@@ -643,8 +644,57 @@ def check_data(x: np.ndarray, t: Tensor, where: str) -> np.ndarray:
     return x.astype(dtype)
 
 
+def load_photo(path: str, t: Tensor) -> np.ndarray:
+    """A photo preprocessed as edge does it (edge.data.load_image): RGB, the shorter side resized
+    to `resize` (bilinear), a centre crop of `crop`, (x - mean) / std on the 0-255 scale, CHW;
+    batch 1."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BadInput("--image needs Pillow; install it with: pip install pillow") from None
+    src = t.source
+    resize, crop = int(_number(src, "resize", t)), int(_number(src, "crop", t))
+    if (src.get("color") or "RGB") != "RGB":
+        raise BadInput(f"--image: the input's color is {src['color']!r}; this runner makes RGB only")
+    for key in ("mean", "std"):
+        v = src.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(c, (int, float)) for c in v)):
+            raise BadInput(f"the manifest's input {t.name!r} has no {key} (three numbers, 0-255 scale)")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = resize / min(w, h)
+            bilinear = getattr(Image, "Resampling", Image).BILINEAR
+            im = im.resize((max(crop, round(w * s)), max(crop, round(h * s))), bilinear)
+    except OSError as e:  # also PIL's UnidentifiedImageError
+        raise BadInput(f"--image {path} is not a readable image ({_first_line(e)})") from None
+    w, h = im.size
+    left, top = (w - crop) // 2, (h - crop) // 2
+    im = im.crop((left, top, left + crop, top + crop))
+    x = np.asarray(im, dtype=np.float32)
+    x = (x - np.asarray(src["mean"], np.float32)) / np.asarray(src["std"], np.float32)
+    x = np.ascontiguousarray(x.transpose(2, 0, 1))[None]
+    if x.shape != tuple(t.model_shape):
+        raise BadInput(f"--image gives {_fmt(x.shape)} (crop {crop}); the input {t.name!r} is {_fmt(t.model_shape)}")
+    return x
+
+
+def image_input(tensors: list[Tensor]) -> Tensor:
+    """The single image input --image feeds."""
+    kinds = [(t.source or {}).get("kind") for t in tensors]
+    if kinds != ["image"]:
+        have = ", ".join(f"{t.name} (source {k})" for t, k in zip(tensors, kinds))
+        raise BadInput(f"--image needs a manifest whose single input is an image (source kind 'image'); "
+                       f"this artifact's inputs: {have}")
+    return tensors[0]
+
+
 def input_data(a: argparse.Namespace, tensors: list[Tensor]) -> tuple[dict, list[str]]:
     """{input name: data in the model's shape} and, per input, where it came from."""
+    if a.image is not None:
+        t = image_input(tensors)
+        return {t.name: load_photo(a.image, t)}, [Path(a.image).name]
     if a.input is not None:
         return read_inputs(a.input, tensors), [Path(a.input).name] * len(tensors)
     made = [make_data(t, seed) for seed, t in enumerate(tensors)]
@@ -695,6 +745,33 @@ def save_outputs(path: str, outputs: list[Tensor], ys: dict[str, np.ndarray]) ->
                 np.savez(f, **ys)
 
 
+def top5(y: np.ndarray, artifact: Path, manifest: dict) -> list[dict]:
+    """The five highest scores of the first output (the first sample), named from the labels file
+    the manifest names (beside the artifact), else by class index."""
+    scores = y.reshape(y.shape[0], -1)[0] if y.ndim > 1 else y.reshape(-1)
+    labels = read_labels(artifact, manifest.get("labels"))
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))[:5]  # ties: lower index first
+    return [{"index": i, "label": labels[i] if labels and i < len(labels) else None, "score": float(scores[i])}
+            for i in order]
+
+
+def read_labels(artifact: Path, name) -> list[str] | None:
+    if not name:
+        return None
+    path = artifact.parent / name
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        print(f"runner: note: cannot read the labels file {path} ({e.strerror}); showing class indices",
+              file=sys.stderr)
+        return None
+
+
+def print_top5(rows: list[dict], photo: str) -> None:
+    print(f"top-5 for {photo}:", file=sys.stderr)
+    for rank, r in enumerate(rows, 1):
+        label = r["label"] if r["label"] is not None else f"class {r['index']}"
+        print(f"  {rank}. {label} (index {r['index']}): {r['score']:.4f}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- measurement
@@ -796,8 +873,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="threads the runtime may use (default: the runtime's own)")
     p.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs after the first inference (default 5)")
-    p.add_argument("--input", help="input data in the model's layout and shape: .npy (one input) or .npz (one "
-                                   "array per input name) (default: made from the manifest, e.g. random normal)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--input", help="input data in the model's layout and shape: .npy (one input) or .npz (one "
+                                      "array per input name) (default: made from the manifest, e.g. random normal)")
+    data.add_argument("--image", help="a photo for the model's image input, preprocessed as edge does; "
+                                      "prints the top-5 classes (needs Pillow)")
     p.add_argument("--save-output", help="save the first inference's outputs in the model's layout: .npy for one, "
                                          ".npz by output name for several")
     p.add_argument("--json", help="also write the JSON result to this file")
@@ -819,6 +899,9 @@ def run(a: argparse.Namespace) -> dict:
     if manifest is not None:
         inputs, outputs = manifest_tensors(manifest)
         check_shapes(inputs, a.input_shape)
+    elif a.image is not None:
+        raise BadInput("--image needs the artifact's manifest.json (how to preprocess, which labels); "
+                       "pass --manifest PATH")
     backend = backend_cls(a.threads, manifest)
     t0 = time.perf_counter()
     backend.load(path)
@@ -851,6 +934,9 @@ def run(a: argparse.Namespace) -> dict:
         "outputs": [_describe(t, raw[t.slot], ys[t.name]) for t in outputs],
         "environment": environment(),
     }
+    if a.image is not None:
+        result["top5"] = top5(ys[outputs[0].name], path, manifest)
+        print_top5(result["top5"], Path(a.image).name)
     return result
 
 
