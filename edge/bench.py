@@ -37,6 +37,14 @@ class Job:
         m = self.manifest
         return {k: m.get(k) for k in ("target", "precision", "model")} if m else None
 
+    def runner_options(self) -> list[str]:
+        """--backend from the target registry when the manifest names a known target; otherwise
+        the runner goes by the artifact's suffix."""
+        from edge.targets import TARGETS
+
+        target = (self.manifest or {}).get("target")
+        return ["--backend", TARGETS.get(target).runner_backend] if target in TARGETS else []
+
 
 def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmup: int = 5,
           pin: str | None = None, input_shape: tuple | None = None, progress: bool = True,
@@ -60,10 +68,11 @@ def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmu
             where = f" on {device.label}" if device else ""
             print(f"edge: bench [{i}/{len(jobs)}] {_label(job.artifact)}{where}: {warmup} warm-up + {runs} timed runs",
                   file=sys.stderr, flush=True)
+        job_options = [*options, *job.runner_options()]
         if device is None:
-            r = run_runner(job, prefix, options) | {"device": {"name": "host", "emulated": False}}
+            r = run_runner(job, prefix, job_options) | {"device": {"name": "host", "emulated": False}}
         else:
-            r = device.run(job.artifact, job.manifest_path, options)
+            r = device.run(job.artifact, job.manifest_path, job_options)
             r |= {"device_path": r["path"], "path": str(job.artifact.resolve()),
                   "device": {"name": device.label, "emulated": device.emulated}}
         results.append(r | {"manifest": job.summary()})

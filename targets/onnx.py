@@ -35,6 +35,7 @@ class Onnx:
     suffix = ".onnx"
     precisions = ("fp32", "int8")
     runtime = "onnxruntime"
+    runner_backend = "onnx"  # edge/device/runner.py --backend
     float_fallback = True  # int8 layers can stay in float (--max-drop)
     unsupported = {
         "fp16": "onnxruntime's CPU provider runs fp16 graphs by casting back to fp32; use fp32 or int8",

@@ -93,6 +93,7 @@ class TFLite:
     suffix = ".tflite"
     precisions = ("fp32", "fp16", "int8")
     runtime = "TFLite interpreter (ai-edge-litert / tflite-runtime)"
+    runner_backend = "tflite"  # edge/device/runner.py --backend
     unsupported = {}
     float_fallback = True  # int8 ops can stay in float (--max-drop), via the converter's denylist
 

@@ -35,6 +35,7 @@ class TorchScriptMobile:
     suffix = ".ptl"
     precisions = ("fp32", "int8")
     runtime = "torch lite interpreter"
+    runner_backend = "ptl"  # edge/device/runner.py --backend
     unsupported = {
         "fp16": "the mobile CPU interpreter has no fp16 kernels; use fp32 or int8",
         "io-int8": "quantized models take and return float tensors in the lite interpreter",

@@ -482,6 +482,34 @@ def test_bench_table_precision_without_manifest(multi, tmp_path):
     (r,) = bench([several], threads=1, runs=1, warmup=0, pin=None, input_shape=None, progress=False)
     assert r["precision"] == "int8" and format_table([r]).splitlines()[1].split()[3] == "int8"
 
+
+# ---------------------------------------------------------------- backends from the target registry
+
+def test_every_target_names_a_runner_backend():
+    from edge.targets import TARGETS
+
+    for target in TARGETS:
+        assert runner.BACKENDS[target.runner_backend].suffix == target.suffix, target.name
+
+
+def test_runner_backend_option(fp32_build, device, tmp_path):
+    odd = Path(shutil.copy(artifact_in(fp32_build / "onnx"), tmp_path / "model.bin"))
+    one_error(run_runner(device, odd), 2, "unknown artifact type", "--backend")
+    proc = run_runner(device, odd, "--backend", "onnx", "--runs", 1)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["format"] == "onnx", proc.stderr
+    one_error(run_runner(device, odd, "--backend", "tensorrt"), 2, "--backend", "invalid choice")
+
+
+def test_bench_passes_the_targets_backend(fp32_build, tmp_path):
+    """The runner is told the backend by the target registry, not by the file's suffix."""
+    folder = shutil.copytree(fp32_build / "onnx", tmp_path / "onnx")
+    m = json.loads((folder / "manifest.json").read_text())
+    os.rename(folder / m["artifact"], folder / "tiny.model")
+    (folder / "manifest.json").write_text(json.dumps(m | {"artifact": "tiny.model"}))
+    (r,) = bench([str(folder)], threads=1, runs=1, warmup=0, pin=None, input_shape=None, progress=False)
+    assert r["format"] == "onnx" and r["artifact"] == "tiny.model"
+
+
 # ---------------------------------------------------------------- --image: what the person at the device sees
 
 @pytest.mark.parametrize("photo", ["chelsea.jpg", "astronaut.jpg", "rocket.jpg"])

@@ -254,8 +254,8 @@ def sample_input(m: dict) -> tuple[np.ndarray | None, str]:
 def host_output(artifact: Path, manifest: Path | None, tmp: Path, options: list[str], has_input: bool) -> np.ndarray:
     """The same artifact's output on the host, for the same input, by the same runner."""
     out = tmp / "host_output.npy"
-    shape = options[options.index("--input-shape"):][:2] if "--input-shape" in options else []
-    cmd = [sys.executable, str(RUNNER), str(artifact), "--runs", "1", "--warmup", "0", *shape,
+    passed = [o for k in ("--input-shape", "--backend") if k in options for o in options[options.index(k):][:2]]
+    cmd = [sys.executable, str(RUNNER), str(artifact), "--runs", "1", "--warmup", "0", *passed,
            "--save-output", str(out), *(["--input", str(tmp / "input.npy")] if has_input else [])]
     if manifest is not None:
         cmd += ["--manifest", str(manifest)]

@@ -366,13 +366,15 @@ def _precision(dtypes) -> str:
     return "float"
 
 
-def backend_class(path: Path):
-    """The backend for the artifact's suffix."""
+def backend_class(path: Path, name: str | None):
+    """--backend, else the artifact's suffix."""
+    if name is not None:
+        return BACKENDS[name]
     for cls in BACKENDS.values():
         if path.suffix == cls.suffix:
             return cls
     raise BadInput(f"{path.name}: unknown artifact type; expected one of "
-                   f"{', '.join(b.suffix for b in BACKENDS.values())}")
+                   f"{', '.join(b.suffix for b in BACKENDS.values())} (or pass --backend)")
 
 
 # ---------------------------------------------------------------- inputs and outputs
@@ -867,6 +869,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(prog="runner", description="Time one .tflite/.onnx/.ptl artifact; prints one JSON object.")
     p.add_argument("artifact")
     p.add_argument("--manifest", help="the artifact's manifest.json (default: the one beside it)")
+    p.add_argument("--backend", choices=list(BACKENDS), help="the runtime (default: by the artifact's suffix)")
     p.add_argument("--input-shape", type=_shape, action="append", default=[], metavar="[NAME=]SHAPE",
                    help="without a manifest: an input's shape, e.g. 1,3,224,224 (needed for dynamic dims and .ptl; "
                         "repeat per input, in order or by name)")
@@ -892,7 +895,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(a: argparse.Namespace) -> dict:
     """Load, run and time the artifact; returns the JSON result."""
     path = Path(a.artifact)
-    backend_cls = backend_class(path)
+    backend_cls = backend_class(path, a.backend)
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
     manifest = load_manifest(path, a.manifest)
