@@ -158,9 +158,10 @@ def run_runner(job: Job, prefix: list[str], options: list[str]) -> dict:
     """Run runner.py on one artifact in a fresh process and return its JSON result."""
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [*prefix, sys.executable, str(RUNNER), str(job.artifact), *options, "--json", str(out)]
+        cmd = [*prefix, sys.executable, str(RUNNER), *options, "--json", str(out)]
         if job.manifest_path is not None:
             cmd += ["--manifest", str(job.manifest_path)]
+        cmd += ["--", str(job.artifact)]  # an artifact named -x.tflite is not an option
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         if proc.returncode != 0:

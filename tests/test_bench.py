@@ -510,6 +510,14 @@ def test_bench_passes_the_targets_backend(fp32_build, tmp_path):
     assert r["format"] == "onnx" and r["artifact"] == "tiny.model"
 
 
+def test_bench_artifact_named_like_an_option(fp32_build, tmp_path, monkeypatch):
+    """edge puts -- before the artifact, so -x.onnx is a file name, not an option."""
+    shutil.copy(artifact_in(fp32_build / "onnx"), tmp_path / "-x.onnx")
+    monkeypatch.chdir(tmp_path)
+    (r,) = bench(["-x.onnx"], threads=1, runs=1, warmup=0, pin=None, input_shape=None, progress=False)
+    assert r["artifact"] == "-x.onnx"
+
+
 # ---------------------------------------------------------------- --image: what the person at the device sees
 
 @pytest.mark.parametrize("photo", ["chelsea.jpg", "astronaut.jpg", "rocket.jpg"])

@@ -103,7 +103,7 @@ def test_runner_several_inputs_in_device_venv(venv, kind, multi, tmp_path):
     x = multi_io.inputs_for(artifact, seed=4)
     np.savez(tmp_path / "x.npz", **x)
     proc = run(python, RUNNER, "--runs", 2, "--warmup", 0, "--threads", 1, "--input", tmp_path / "x.npz",
-               "--save-output", tmp_path / "y.npz", artifact)
+               "--save-output", tmp_path / "y.npz", "--", artifact)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert [o["name"] for o in r["outputs"]] == [o["name"] for o in json.loads(
@@ -121,6 +121,15 @@ def test_runner_image_without_pillow(builds):
     proc = run(runner_venv("litert"), RUNNER, artifact_in(builds["onnx"]), "--runs", 1, "--image", photo)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("runner: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "pip install pillow" in errors[0], proc.stderr
+
+
+def test_runner_args_put_the_artifact_after_double_dash(builds, tmp_path):
+    """The device's argv names the artifact after --, so -x.onnx is a file, not an option."""
+    shutil.copy(RUNNER, tmp_path / "runner.py")
+    shutil.copy(artifact_in(builds["onnx"]), tmp_path / "-x.onnx")
+    argv = remote.runner_args(Path("-x.onnx"), None, ["--runs", "1", "--warmup", "0"])
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["artifact"] == "-x.onnx", proc.stderr
 
 
 @pytest.mark.parametrize("venv,kind,words", [("tflite-runtime", "onnx", "pip install onnxruntime"),

@@ -867,7 +867,7 @@ def _shape(s: str) -> tuple:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(prog="runner", description="Time one .tflite/.onnx/.ptl artifact; prints one JSON object.")
-    p.add_argument("artifact")
+    p.add_argument("artifact", help="the artifact (put -- before a name that starts with -)")
     p.add_argument("--manifest", help="the artifact's manifest.json (default: the one beside it)")
     p.add_argument("--backend", choices=list(BACKENDS), help="the runtime (default: by the artifact's suffix)")
     p.add_argument("--input-shape", type=_shape, action="append", default=[], metavar="[NAME=]SHAPE",
