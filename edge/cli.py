@@ -90,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
     be.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
     be.add_argument("--pin", metavar="CPUS", help="pin to CPUs with taskset, e.g. 0 or 0-1")
-    be.add_argument("--input-shape", type=_shape, help="input shape for an artifact without a manifest")
+    be.add_argument("--input-shape", type=_shape,
+                    help="input shape for an artifact without a manifest: a .ptl, or one with dynamic dims")
     be.add_argument("--json", metavar="FILE", help="also write the results and the machine fingerprint here")
     g = be.add_argument_group("on a device")
     g.add_argument("--device", metavar="DEVICE", help="ssh://user@host[:port] (a real board) or pi-emu "

@@ -139,6 +139,8 @@ def test_write_runner(tmp_path):
     assert path == tmp_path / "to-pi" / "runner.py" and path.read_bytes() == RUNNER.read_bytes()
     readme = (tmp_path / "to-pi" / "README.md").read_text()
     assert "pip install ai-edge-litert numpy" in readme and "onnxruntime" in readme and "edge-bench/1" in readme
+    for option in ("--input inputs.npz", "--image", "--backend", "labels"):  # what the device person can do
+        assert option in readme, option
 
 
 # ---------------------------------------------------------------- the runner's JSON contract
