@@ -37,6 +37,14 @@ class Job:
         m = self.manifest
         return {k: m.get(k) for k in ("target", "precision", "model")} if m else None
 
+    def runner_options(self) -> list[str]:
+        """--backend from the target registry when the manifest names a known target; otherwise
+        the runner goes by the artifact's suffix."""
+        from edge.targets import TARGETS
+
+        target = (self.manifest or {}).get("target")
+        return ["--backend", TARGETS.get(target).runner_backend] if target in TARGETS else []
+
 
 def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmup: int = 5,
           pin: str | None = None, input_shape: tuple | None = None, progress: bool = True,
@@ -49,7 +57,7 @@ def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmu
     _check_counts(threads, runs, warmup)
     if pin is not None and device is not None:
         raise UserError("--pin pins host CPUs; on a device, run runner.py under taskset there instead")
-    jobs = [job for p in paths for job in collect(Path(p), input_shape)]
+    jobs = [job for p in paths for job in collect(Path(p))]
     prefix = _taskset(pin) if pin is not None else []
     options = _runner_options(threads, runs, warmup, input_shape)
     for job in jobs if device else ():
@@ -60,18 +68,21 @@ def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmu
             where = f" on {device.label}" if device else ""
             print(f"edge: bench [{i}/{len(jobs)}] {_label(job.artifact)}{where}: {warmup} warm-up + {runs} timed runs",
                   file=sys.stderr, flush=True)
+        job_options = [*options, *job.runner_options()]
         if device is None:
-            r = run_runner(job, prefix, options) | {"device": {"name": "host", "emulated": False}}
+            r = run_runner(job, prefix, job_options) | {"device": {"name": "host", "emulated": False}}
         else:
-            r = device.run(job.artifact, job.manifest_path, options)
+            r = device.run(job.artifact, job.manifest_path, job_options)
             r |= {"device_path": r["path"], "path": str(job.artifact.resolve()),
                   "device": {"name": device.label, "emulated": device.emulated}}
         results.append(r | {"manifest": job.summary()})
     return results
 
 
-def collect(path: Path, input_shape: tuple | None) -> list[Job]:
-    """The artifacts a PATH names: itself, or every artifact with a manifest below a folder."""
+def collect(path: Path) -> list[Job]:
+    """The artifacts a PATH names: itself, or every artifact with a manifest below a folder. An
+    artifact without a manifest is timed as it declares its inputs; the runner says when it
+    needs an input shape (dynamic dims, a .ptl)."""
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if path.is_dir():
@@ -81,8 +92,6 @@ def collect(path: Path, input_shape: tuple | None) -> list[Job]:
         m = mf.read(beside)
         if m.get("artifact") == path.name:
             return [Job(path, beside, m)]
-    if input_shape is None:
-        raise UserError(f"{path} has no manifest.json; pass --input-shape 1,3,H,W")
     return [Job(path)]
 
 
@@ -140,8 +149,9 @@ def _runner_options(threads: int | None, runs: int, warmup: int, input_shape: tu
     opts = ["--runs", str(runs), "--warmup", str(warmup)]
     if threads is not None:
         opts += ["--threads", str(threads)]
-    if input_shape is not None:
-        opts += ["--input-shape", ",".join(str(d) for d in input_shape)]
+    if input_shape is not None:  # a shape, or (input name, shape)
+        name, dims = input_shape if isinstance(input_shape[0], str) else ("", input_shape)
+        opts += ["--input-shape", (f"{name}=" if name else "") + ",".join(str(d) for d in dims)]
     return opts
 
 
@@ -149,9 +159,10 @@ def run_runner(job: Job, prefix: list[str], options: list[str]) -> dict:
     """Run runner.py on one artifact in a fresh process and return its JSON result."""
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [*prefix, sys.executable, str(RUNNER), str(job.artifact), *options, "--json", str(out)]
+        cmd = [*prefix, sys.executable, str(RUNNER), *options, "--json", str(out)]
         if job.manifest_path is not None:
             cmd += ["--manifest", str(job.manifest_path)]
+        cmd += ["--", str(job.artifact)]  # an artifact named -x.tflite is not an option
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         if proc.returncode != 0:
@@ -180,7 +191,8 @@ def format_table(results: list[dict]) -> str:
 
 def _row(r: dict) -> tuple[str, ...]:
     lat, rss = r["latency_ms"], r.get("peak_rss_bytes")
-    precision = (r.get("manifest") or {}).get("precision") or "-"
+    # without a manifest, the runner's reading of the artifact's tensor types (int8, fp16, float)
+    precision = (r.get("manifest") or {}).get("precision") or r.get("precision") or "-"
     dev = r.get("device") or {"name": "host"}
     where = dev["name"] + (" (emulated)" if dev.get("emulated") else "")
     return (_label(Path(r["path"])), where, r["format"], precision, f"{r['size_bytes'] / 1e6:.2f}", _ms(r["load_ms"]),

@@ -145,8 +145,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--runs", type=int, default=50, help="timed runs")
     be.add_argument("--warmup", type=int, default=5, help="warm-up runs")
     be.add_argument("--pin", metavar="CPUS", help="pin to CPUs with taskset, e.g. 0 or 0-1")
-    be.add_argument("--input-shape", type=_shape, help="input shape for an artifact without a manifest whose own "
-                                                        "shape is dynamic")
+    be.add_argument("--input-shape", type=_shape, metavar="[NAME=]SHAPE",
+                    help="input shape for an artifact without a manifest: a .ptl, or one with dynamic dims")
     _json_arg(be, "the results and the machine fingerprint")
     g = be.add_argument_group("on a device")
     g.add_argument("--device", metavar="DEVICE", help="ssh://user@host[:port] (a real board) or pi-emu "

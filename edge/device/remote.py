@@ -61,7 +61,8 @@ def bundle(artifact: Path, manifest: Path | None, extra: dict[str, Path] | None 
 
 
 def runner_args(artifact: Path, manifest: Path | None, options: list[str]) -> list[str]:
-    return ["runner.py", artifact.name, *(["--manifest", "manifest.json"] if manifest else []), *options]
+    """The runner's argv on the device; `--` keeps an artifact named -x.tflite from reading as an option."""
+    return ["runner.py", *(["--manifest", "manifest.json"] if manifest else []), *options, "--", artifact.name]
 
 
 def _signal_name(code: int) -> str:
@@ -254,11 +255,12 @@ def sample_input(m: dict) -> tuple[np.ndarray | None, str]:
 def host_output(artifact: Path, manifest: Path | None, tmp: Path, options: list[str], has_input: bool) -> np.ndarray:
     """The same artifact's output on the host, for the same input, by the same runner."""
     out = tmp / "host_output.npy"
-    shape = options[options.index("--input-shape"):][:2] if "--input-shape" in options else []
-    cmd = [sys.executable, str(RUNNER), str(artifact), "--runs", "1", "--warmup", "0", *shape,
+    passed = [o for k in ("--input-shape", "--backend") if k in options for o in options[options.index(k):][:2]]
+    cmd = [sys.executable, str(RUNNER), "--runs", "1", "--warmup", "0", *passed,
            "--save-output", str(out), *(["--input", str(tmp / "input.npy")] if has_input else [])]
     if manifest is not None:
         cmd += ["--manifest", str(manifest)]
+    cmd += ["--", str(artifact)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise EdgeError(f"the host run of {artifact.name} failed: {runner_error(proc.stderr, proc.returncode)}")

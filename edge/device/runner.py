@@ -4,11 +4,16 @@ Self-contained: it needs only the Python standard library, numpy and the one run
 the artifact, so it can be copied to a Raspberry Pi on its own:
 
     python runner.py model.tflite --threads 4 --runs 100 --json result.json
+    python runner.py model.tflite --image photo.jpg          # also prints the top-5 classes
 
-The input (shape, layout, dtype, quantization) comes from the manifest.json beside the artifact
-(or --manifest), else from --input-shape. Input data is float32 NCHW, preprocessed like the
-model's input (--input FILE.npy, else random normal with seed 0); the runner converts it to the
-artifact's layout and quantizes it for an int8 input, and dequantizes an int8 output.
+The inputs and outputs (names, shapes, layouts, dtypes, quantization, how sample data is made)
+come from the manifest.json beside the artifact (or --manifest). Without one they come from the
+artifact itself (--input-shape fills in dynamic dims, and every shape of a .ptl, which declares
+none), and data is fed in the artifact's own layout. Input data is in the model's layout and
+shape: --input FILE (.npy for one input, .npz with one array per input name), --image PHOTO
+(one image input), else made per input from the manifest's `source` (random normal with seed 0
+for an image). The runner transposes it to the artifact's layout and quantizes it for an int8
+input; it reads every output by name, dequantizes it and transposes it back to the model's layout.
 The artifact runs once (the first inference), --warmup more times, then --runs timed times; only
 the runtime's own invoke/run call is inside the timer. Errors are one line on stderr:
 exit 2 for bad input or a missing runtime, 1 for a runtime failure.
@@ -25,6 +30,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 try:
     import numpy as np
@@ -34,7 +40,7 @@ except ImportError:  # main() reports it as one line
 SCHEMA = "edge-bench/1"
 GOVERNOR = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 RUNTIME_DISTS = ("ai-edge-litert", "tflite-runtime", "tensorflow", "onnxruntime", "torch")
-NO_SHAPE_HINT = "pass --manifest PATH or --input-shape (the artifact's input shape, e.g. 1,3,H,W)"
+RANDOM_NORMAL = "random normal, seed {}"
 
 
 class RunnerError(Exception):
@@ -71,14 +77,8 @@ def summarize(times_ms: list[float]) -> dict:
             "p90": percentile(s, 90), "p99": percentile(s, 99)}
 
 
+
 # ---------------------------------------------------------------- tensors
-
-def _quant(tensor_json: dict | None, runtime_quant: tuple) -> tuple:
-    """(scale, zero_point) from the manifest's tensor entry, else from the runtime."""
-    if tensor_json and tensor_json.get("scale") is not None:
-        return float(tensor_json["scale"]), int(tensor_json.get("zero_point") or 0)
-    return runtime_quant
-
 
 def quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
     """Float to an integer tensor dtype: round(x / scale + zero_point), clipped to the dtype."""
@@ -112,12 +112,65 @@ def _dist_version(dist: str) -> str | None:
         return None
 
 
+def _fmt(shape) -> str:
+    return ",".join(str(d) for d in shape)
+
+
+class Detail(NamedTuple):
+    """One input or output as the runtime declares it. A dynamic dim is its symbol (a str)."""
+
+    name: str
+    shape: tuple
+    dtype: "np.dtype | None"  # None: a type this runner does not know
+    quant: tuple = (0.0, 0)  # TFLite's (scale, zero_point); (0.0, 0): not quantized
+
+
+class Tensor:
+    """One input or output: as the artifact takes or returns it (shape, dtype, layout, scale,
+    zero_point; `tensor` is its name there, None: by position) and as the model has it
+    (model_shape, model_layout). `slot` is its index in the runtime's list once bound.
+    (A plain class: dataclasses need the module registered in sys.modules, and this file is
+    also loaded by path.)"""
+
+    def __init__(self, name: str, shape: tuple | None, dtype: str | None = None, layout: str | None = None,
+                 model_shape: tuple | None = None, model_layout: str | None = None, scale: float | None = None,
+                 zero_point: int | None = None, tensor: str | None = None, source: dict | None = None,
+                 slot: int | None = None, detail: Detail | None = None):
+        self.name, self.shape, self.dtype, self.layout = name, shape, dtype, layout
+        self.model_shape, self.model_layout, self.scale, self.zero_point = model_shape, model_layout, scale, zero_point
+        self.tensor, self.source, self.slot, self.detail = tensor, source, slot, detail
+
+    def perm(self) -> list | None:
+        """The transpose from the model's layout to the artifact's, None when there is none."""
+        a, m = self.layout, self.model_layout
+        return [m.index(c) for c in a] if a and m and a != m else None
+
+    def quant(self) -> tuple:
+        """(scale, zero_point) from the manifest, else from the runtime; scale 0: not quantized."""
+        if self.scale:
+            return float(self.scale), int(self.zero_point or 0)
+        return self.detail.quant if self.detail is not None else (0.0, 0)
+
+    def artifact_dtype(self) -> np.dtype:
+        if self.detail is not None and self.detail.dtype is not None:
+            return self.detail.dtype
+        return np.dtype(self.dtype or "float32")
+
+    def model_dtype(self) -> np.dtype:
+        """float32 for float and quantized tensors; an integer (or bool) tensor's own dtype."""
+        dt = self.artifact_dtype()
+        return dt if dt.kind in "iub" and not self.quant()[0] else np.dtype("float32")
+
+
 # ---------------------------------------------------------------- runtimes
-# One class per format: import the runtime, load the artifact, bind an input to a zero-argument
-# call (the only thing timed), and read the output of a call.
+# One class per format, behind one small interface: import the runtime, load the artifact, say
+# what its inputs and outputs are (None: it does not declare them), bind the inputs (by slot, the
+# index in that list) to a zero-argument call (the only thing timed), and read every output of a
+# call in the runtime's order.
 
 class TFLiteBackend:
     format = "tflite"
+    suffix = ".tflite"
 
     def __init__(self, threads: int | None, manifest: dict | None):
         self.threads = threads
@@ -151,8 +204,8 @@ class TFLiteBackend:
             # XNNPACK refuses some int8 graphs; TFLite's built-in kernels run them.
             self.interp = self._interpreter(path, builtin=True)
             self.name += " (built-in kernels: XNNPACK refused the graph)"
-        self.inp = self.interp.get_input_details()[0]
-        self.out = self.interp.get_output_details()[0]
+        self.ins = self.interp.get_input_details()
+        self.outs = self.interp.get_output_details()
 
     def _interpreter(self, path: Path, builtin: bool):
         kwargs = {"model_path": str(path), "num_threads": self.threads}
@@ -165,26 +218,37 @@ class TFLiteBackend:
         interp.allocate_tensors()
         return interp
 
-    def input_info(self) -> tuple:
-        """(shape, numpy dtype, (scale, zero_point)) of the input, as the runtime declares it."""
-        return tuple(int(d) for d in self.inp["shape"]), np.dtype(self.inp["dtype"]), tuple(self.inp["quantization"])
+    @staticmethod
+    def _detail(d: dict) -> Detail:
+        dtype = np.dtype(d["dtype"])
+        quant = tuple(d["quantization"]) if dtype.kind in "iu" else (0.0, 0)
+        return Detail(d["name"], tuple(int(s) for s in d["shape"]), dtype, quant)
 
-    def output_quant(self) -> tuple:
-        return tuple(self.out["quantization"]) if np.dtype(self.out["dtype"]).kind in "iu" else (0.0, 0)
+    def inputs(self) -> list[Detail]:
+        return [self._detail(d) for d in self.ins]
 
-    def bind(self, x: np.ndarray):
-        self.interp.set_tensor(self.inp["index"], x)
+    def outputs(self) -> list[Detail]:
+        return [self._detail(d) for d in self.outs]
+
+    def bind(self, feeds: dict[int, np.ndarray]):
+        for slot, x in feeds.items():
+            self.interp.set_tensor(self.ins[slot]["index"], x)
         return self.interp.invoke
 
-    def result(self, ret) -> np.ndarray:
-        return self.interp.get_tensor(self.out["index"])
+    def results(self, ret) -> list[np.ndarray]:
+        return [self.interp.get_tensor(d["index"]) for d in self.outs]
+
+    def precision(self) -> str:
+        return _precision(np.dtype(d["dtype"]) for d in self.interp.get_tensor_details())
 
 
 class OrtBackend:
     format = "onnx"
+    suffix = ".onnx"
     name = "onnxruntime"
-    DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
-              "tensor(uint8)": "uint8"}
+    DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
+              "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
     def __init__(self, threads: int | None, manifest: dict | None):
         try:
@@ -208,24 +272,44 @@ class OrtBackend:
                                                      disabled_optimizers=self.disabled)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BadInput(f"{path.name} is not a loadable ONNX model: {_first_line(e)}") from None
-        self.inp = self.session.get_inputs()[0]
+        self.path, self.ins = path, self.session.get_inputs()
 
-    def input_info(self) -> tuple:
-        shape = tuple(d if isinstance(d, int) else None for d in self.inp.shape)
-        return shape, np.dtype(self.DTYPES.get(self.inp.type, "float32")), (0.0, 0)
+    def _detail(self, arg) -> Detail:
+        shape = tuple(d if isinstance(d, int) and d >= 0 else d if isinstance(d, str) and d else "?"
+                      for d in (arg.shape or ()))
+        dtype = self.DTYPES.get(arg.type)
+        return Detail(arg.name, shape, np.dtype(dtype) if dtype else None)
 
-    def output_quant(self) -> tuple:
-        return 0.0, 0  # edge's QDQ graphs return float tensors
+    def inputs(self) -> list[Detail]:
+        return [self._detail(a) for a in self.ins]
 
-    def bind(self, x: np.ndarray):
-        return functools.partial(self.session.run, None, {self.inp.name: x})
+    def outputs(self) -> list[Detail]:
+        return [self._detail(a) for a in self.session.get_outputs()]
 
-    def result(self, ret) -> np.ndarray:
-        return ret[0]
+    def bind(self, feeds: dict[int, np.ndarray]):
+        return functools.partial(self.session.run, None, {self.ins[slot].name: x for slot, x in feeds.items()})
+
+    def results(self, ret) -> list[np.ndarray]:
+        return list(ret)
+
+    def precision(self) -> str:
+        """From the input/output types; with the onnx package (not needed otherwise), also from
+        the initializers, where a QDQ graph with float I/O keeps its int8 weights."""
+        types = [d.dtype for d in self.inputs() + self.outputs() if d.dtype is not None]
+        try:
+            import onnx
+            from onnx import helper
+
+            graph = onnx.load(str(self.path), load_external_data=False).graph
+            types += [np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)) for t in graph.initializer]
+        except Exception:  # noqa: BLE001 - no (working) onnx package: the I/O types above still count
+            pass
+        return _precision(types)
 
 
 class LiteBackend:
     format = "ptl"
+    suffix = ".ptl"
     name = "torch-lite-interpreter"
 
     def __init__(self, threads: int | None, manifest: dict | None):
@@ -247,28 +331,53 @@ class LiteBackend:
         except Exception as e:  # noqa: BLE001 - torch raises RuntimeError or ValueError
             raise BadInput(f"{path.name} is not a loadable TorchScript-mobile model: {_first_line(e)}") from None
 
-    def input_info(self) -> tuple:
-        return None, np.dtype("float32"), (0.0, 0)  # a .ptl file does not declare its input shape
+    def inputs(self) -> None:
+        return None  # a .ptl file declares neither shapes nor dtypes: positional tensors
 
-    def output_quant(self) -> tuple:
-        return 0.0, 0
+    def outputs(self) -> None:
+        return None
 
-    def bind(self, x: np.ndarray):
-        return functools.partial(self.module, self.torch.from_numpy(x))
+    def bind(self, feeds: dict[int, np.ndarray]):
+        return functools.partial(self.module, *(self.torch.from_numpy(feeds[i]) for i in range(len(feeds))))
 
-    def result(self, ret) -> np.ndarray:
-        if isinstance(ret, (tuple, list)):
-            ret = ret[0]
-        return ret.detach().numpy()
+    def results(self, ret) -> list[np.ndarray]:
+        rets = ret if isinstance(ret, (tuple, list)) else (ret,)
+        if not all(isinstance(r, self.torch.Tensor) for r in rets):
+            raise RunnerError(f"the module returned {type(ret).__name__} holding non-tensors; "
+                              "the runner reads a tensor or a tuple of tensors")
+        return [r.detach().numpy() for r in rets]
+
+    def precision(self) -> None:
+        return None  # nothing in a .ptl file says so without running torch's own tooling
 
     def context(self):
         return self.torch.no_grad()
 
 
-BACKENDS = {".tflite": TFLiteBackend, ".onnx": OrtBackend, ".ptl": LiteBackend}
+BACKENDS = {b.format: b for b in (TFLiteBackend, OrtBackend, LiteBackend)}
 
 
-# ---------------------------------------------------------------- input
+def _precision(dtypes) -> str:
+    """int8 / uint8 / fp16 / float: the narrowest type among an artifact's tensors."""
+    kinds = {np.dtype(d).name for d in dtypes}
+    for dtype, label in (("int8", "int8"), ("uint8", "uint8"), ("float16", "fp16")):
+        if dtype in kinds:
+            return label
+    return "float"
+
+
+def backend_class(path: Path, name: str | None):
+    """--backend, else the artifact's suffix."""
+    if name is not None:
+        return BACKENDS[name]
+    for cls in BACKENDS.values():
+        if path.suffix == cls.suffix:
+            return cls
+    raise BadInput(f"{path.name}: unknown artifact type; expected one of "
+                   f"{', '.join(b.suffix for b in BACKENDS.values())} (or pass --backend)")
+
+
+# ---------------------------------------------------------------- inputs and outputs
 
 def load_manifest(artifact: Path, explicit: str | None) -> dict | None:
     """The manifest given, else the manifest.json beside the artifact if it describes it."""
@@ -279,8 +388,9 @@ def load_manifest(artifact: Path, explicit: str | None) -> dict | None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot read manifest {path}: {_first_line(e)}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("input"), dict):
-        raise BadInput(f"{path} is not an edge manifest (no 'input' object)")
+    if not isinstance(manifest, dict) or not (isinstance(manifest.get("input"), dict)
+                                              or isinstance(manifest.get("inputs"), list) and manifest["inputs"]):
+        raise BadInput(f"{path} is not an edge manifest (no 'input' object or 'inputs' list)")
     if manifest.get("artifact") not in (None, artifact.name):
         if explicit:
             raise BadInput(f"manifest {path} describes {manifest['artifact']}, not {artifact.name}")
@@ -288,80 +398,402 @@ def load_manifest(artifact: Path, explicit: str | None) -> dict | None:
     return manifest
 
 
-def input_spec(name: str, manifest: dict | None, shape: tuple | None) -> tuple[tuple, str | None]:
-    """(logical shape, layout): the float32 data shape (NCHW when the layout is known, what
-    --input holds) and the artifact's layout (None: feed the data as given)."""
-    if manifest is None:
-        if shape is None:
-            raise BadInput(f"{name} has no manifest.json beside it; {NO_SHAPE_HINT}")
-        return tuple(shape), None
-    m = manifest["input"]
-    layout = m.get("layout")
-    try:
-        logical = tuple(int(d) for d in m["shape"])
-    except (KeyError, TypeError, ValueError):
-        raise BadInput("the manifest's input has no shape") from None
-    if layout == "NHWC" and len(logical) == 4:
-        logical = (logical[0], logical[3], logical[1], logical[2])
-    if shape is not None and tuple(shape) != logical:
-        raise BadInput(f"--input-shape {_fmt(shape)} disagrees with the manifest's input {_fmt(logical)} (NCHW)")
-    return logical, layout
+def manifest_tensors(m: dict) -> tuple[list[Tensor], list[Tensor]]:
+    """The inputs and outputs a manifest describes: schema 2's `inputs`/`outputs` lists, else the
+    single `input`/`output` of schema 1 (data in NCHW, transposed for an NHWC artifact)."""
+    if isinstance(m.get("inputs"), list) and m["inputs"]:
+        ins = [_tensor(e, "input", i) for i, e in enumerate(m["inputs"])]
+        outs = [_tensor(e, "output", i) for i, e in enumerate(m.get("outputs") or [])]
+    else:
+        ins, outs = [_legacy_input(m)], []
+    if not outs and isinstance(m.get("output"), dict):
+        outs = [_legacy_output(m["output"])]
+    _unique([t.name for t in ins], "input")
+    _unique([t.name for t in outs], "output")
+    return ins, outs
 
 
-def input_data(path: str | None, shape: tuple) -> tuple[np.ndarray, str]:
-    """The float32 input (from FILE.npy, else random normal with seed 0) and where it came from."""
-    if path is None:
-        return np.random.default_rng(0).standard_normal(shape).astype(np.float32), "random normal, seed 0"
+def _unique(names: list[str], kind: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise BadInput(f"the manifest names {kind} {dup[0]!r} twice")
+
+
+def _dims(v, what: str) -> tuple:
     try:
-        x = np.load(path, allow_pickle=False)
+        dims = tuple(int(d) for d in v)
+    except (TypeError, ValueError):
+        raise BadInput(f"the manifest's {what} has no shape (a list of ints)") from None
+    if any(d < 0 for d in dims):
+        raise BadInput(f"the manifest's {what} has a negative dim: {_fmt(dims)}")
+    return dims
+
+
+def _tensor(e, kind: str, i: int) -> Tensor:
+    """One entry of a schema-2 `inputs`/`outputs` list, checked."""
+    if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+        raise BadInput(f"the manifest's {kind}s[{i}] has no name")
+    what = f"{kind} {e['name']!r}"
+    shape = _dims(e.get("shape"), what)
+    layout, model_layout = e.get("layout"), e.get("model_layout")
+    for lay in (layout, model_layout):
+        if lay is not None and (not isinstance(lay, str) or len(lay) != len(shape) or len(set(lay)) != len(lay)):
+            raise BadInput(f"the manifest's {what} has layout {lay!r}, which does not name each of its "
+                           f"{len(shape)} dims once")
+    if layout and model_layout and sorted(layout) != sorted(model_layout):
+        raise BadInput(f"the manifest's {what}: layouts {model_layout} and {layout} do not hold the same dims")
+    t = Tensor(e["name"], shape, e.get("dtype"), layout, None, model_layout, e.get("scale"), e.get("zero_point"),
+               e.get("tensor"), e.get("source") if isinstance(e.get("source"), dict) else None)
+    p = t.perm()
+    derived = tuple(shape[layout.index(c)] for c in model_layout) if p else shape
+    t.model_shape = _dims(e["model_shape"], what) if e.get("model_shape") is not None else derived
+    if t.model_shape != derived:
+        raise BadInput(f"the manifest's {what}: model_shape {_fmt(t.model_shape)} ({model_layout}) is not "
+                       f"shape {_fmt(shape)} ({layout}) transposed")
+    return t
+
+
+def _legacy_input(m: dict) -> Tensor:
+    e = m["input"]
+    layout = e.get("layout")
+    shape = _dims(e.get("shape"), "input")
+    model_shape, model_layout = shape, layout
+    if layout == "NHWC" and len(shape) == 4:  # schema 1 feeds NCHW data to an NHWC artifact
+        model_shape, model_layout = (shape[0], shape[3], shape[1], shape[2]), "NCHW"
+    elif layout is not None and len(layout) != len(shape):
+        layout = model_layout = None
+    pre = m.get("preprocess")
+    source = {"kind": "image", **pre} if isinstance(pre, dict) else None
+    return Tensor(e.get("name") or "input", shape, e.get("dtype"), layout, model_shape, model_layout,
+                  e.get("scale"), e.get("zero_point"), None, source)
+
+
+def _legacy_output(e: dict) -> Tensor:
+    shape = tuple(e["shape"]) if isinstance(e.get("shape"), list) else None
+    return Tensor(e.get("name") or "output", shape, e.get("dtype"), model_shape=shape, scale=e.get("scale"),
+                  zero_point=e.get("zero_point"))
+
+
+def bind_tensors(tensors: list[Tensor], details: list[Detail] | None, kind: str, artifact: str) -> None:
+    """Give each tensor its slot in the runtime's list: by its `tensor` name, else by position
+    (schema 1, and a .ptl, whose inputs and outputs are positional)."""
+    names = [d.name for d in details] if details is not None else None
+    for i, t in enumerate(tensors):
+        if t.tensor is None or names is None:
+            t.slot = i
+        elif t.tensor in names:
+            t.slot = names.index(t.tensor)
+        else:
+            raise BadInput(f"the manifest's {kind} {t.name!r} is tensor {t.tensor!r}, which {artifact} does not "
+                           f"have (its {kind}s: {', '.join(names)})")
+        if names is not None:
+            if t.slot >= len(names):
+                raise BadInput(f"the manifest describes {len(tensors)} {kind}s; {artifact} has {len(names)}")
+            t.detail = details[t.slot]
+    slots = [t.slot for t in tensors]
+    if len(set(slots)) != len(slots):
+        raise BadInput(f"the manifest binds two {kind}s to the same tensor of {artifact}")
+    if kind == "input" and names is not None and len(tensors) < len(names):
+        missing = [n for i, n in enumerate(names) if i not in slots]
+        raise BadInput(f"{artifact} also takes input {', '.join(missing)}, which the manifest does not describe")
+    for t in tensors:
+        _check_dtype(t, kind, artifact)
+
+
+def _check_dtype(t: Tensor, kind: str, artifact: str) -> None:
+    """A manifest whose dtype disagrees with the artifact describes another build."""
+    if t.detail is None or t.detail.dtype is None or t.dtype is None:
+        return
+    if np.dtype(t.dtype) != t.detail.dtype:
+        raise BadInput(f"the manifest says {kind} {t.name!r} is {t.dtype}, but {artifact} "
+                       f"{'takes' if kind == 'input' else 'returns'} {t.detail.dtype.name}")
+
+
+def artifact_tensors(backend, artifact: str, shapes: list[tuple]) -> list[Tensor]:
+    """Without a manifest: the inputs as the artifact declares them, fed in its own layout;
+    --input-shape ([NAME=]SHAPE, in order or by name) fills in dynamic dims and .ptl shapes."""
+    details = backend.inputs()
+    if details is None:  # .ptl
+        if not shapes:
+            raise BadInput(f"{artifact} has no manifest.json and a .ptl file declares no input shapes; pass "
+                           "--input-shape (the model's input shape, e.g. 1,3,224,224; once per input)")
+        names = [n or (f"input{i}" if len(shapes) > 1 else "input") for i, (n, _) in enumerate(shapes)]
+        return [Tensor(n, s, "float32", model_shape=s, slot=i) for i, (n, (_, s)) in enumerate(zip(names, shapes))]
+    given = _assign_shapes(shapes, [d.name for d in details], artifact)
+    tensors, dynamic = [], []
+    for i, d in enumerate(details):
+        shape = given.get(d.name) or d.shape
+        if any(not isinstance(s, int) for s in shape):
+            dynamic.append(f"{d.name}={_fmt(_marked(s) for s in shape)}")
+        tensors.append(Tensor(d.name, shape, None, model_shape=shape, tensor=d.name, slot=i, detail=d))
+    if dynamic:
+        raise BadInput(f"{artifact} has no manifest.json and dynamic input dims (marked ?): {'; '.join(dynamic)}; "
+                       f"pass --input-shape {'NAME=SHAPE per input' if len(details) > 1 else 'SHAPE'} with every dim, "
+                       "in the artifact's own layout")
+    return tensors
+
+
+def _marked(dim) -> str:
+    """A dim for an error message: its size, or its symbol marked with ? (just ? without one)."""
+    return str(dim) if isinstance(dim, int) else "?" if dim == "?" else f"{dim}?"
+
+
+def _assign_shapes(shapes: list[tuple], names: list[str], artifact: str) -> dict:
+    """{input name: shape} from --input-shape [NAME=]SHAPE: unnamed ones in the inputs' order."""
+    if len(shapes) > len(names):
+        raise BadInput(f"{len(shapes)} --input-shape given; {artifact} has {len(names)} input(s): {', '.join(names)}")
+    given = {}
+    for i, (name, shape) in enumerate(shapes):
+        name = name if name is not None else names[i]
+        if name not in names:
+            raise BadInput(f"--input-shape {name}=...: {artifact} has no input {name!r} (its inputs: "
+                           f"{', '.join(names)})")
+        given[name] = shape
+    return given
+
+
+def artifact_outputs(backend, results: list) -> list[Tensor]:
+    """Without a manifest: the outputs as the artifact returns them (a .ptl: as the first call did)."""
+    details = backend.outputs()
+    if details is None:
+        names = ["output"] if len(results) == 1 else [f"output{i}" for i in range(len(results))]
+        return [Tensor(n, tuple(r.shape), r.dtype.name, model_shape=tuple(r.shape), slot=i)
+                for i, (n, r) in enumerate(zip(names, results))]
+    return [Tensor(d.name, d.shape, None, tensor=d.name, slot=i, detail=d) for i, d in enumerate(details)]
+
+
+def check_shapes(tensors: list[Tensor], shapes: list[tuple]) -> None:
+    """With a manifest, --input-shape may only repeat the shapes it gives."""
+    given = _assign_shapes(shapes, [t.name for t in tensors], "the manifest")
+    for t in tensors:
+        if t.name in given and tuple(given[t.name]) != tuple(t.model_shape):
+            note = f" ({t.model_layout})" if t.model_layout else ""
+            raise BadInput(f"--input-shape {_fmt(given[t.name])} disagrees with the manifest's input "
+                           f"{_fmt(t.model_shape)}{note}")
+
+
+# ---------------------------------------------------------------- input data
+
+def make_data(t: Tensor, seed: int) -> tuple[np.ndarray, str]:
+    """Data for one input in the model's shape, from its source: random normal (an image, or no
+    source), uniform over a range, random tokens below vocab_size, or an all-ones mask."""
+    src = t.source or {}
+    kind, dtype, shape = src.get("kind"), t.model_dtype(), t.model_shape
+    rng = np.random.default_rng(seed)
+    integer = dtype.kind in "iub"
+    if kind == "range":
+        low, high = _number(src, "low", t), _number(src, "high", t)
+        x = rng.integers(int(low), int(high), shape) if integer else rng.uniform(low, high, shape)
+        return x.astype(dtype), f"uniform [{low}, {high}), seed {seed}"
+    if kind == "tokens":
+        vocab = int(_number(src, "vocab_size", t))
+        return rng.integers(0, vocab, shape).astype(dtype), f"random tokens in [0, {vocab}), seed {seed}"
+    if kind == "mask":
+        return np.ones(shape, dtype), "ones (mask)"
+    if integer:  # an integer input that says nothing about its values: 1 is a valid index and an open mask
+        return np.ones(shape, dtype), "ones (integer input without a source)"
+    x = rng.standard_normal(shape).astype(np.float32).astype(dtype)
+    note = f" (unknown source kind {kind!r})" if kind not in (None, "image") else ""
+    return x, RANDOM_NORMAL.format(seed) + note
+
+
+def _number(src: dict, key: str, t: Tensor) -> float:
+    v = src.get(key)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise BadInput(f"the manifest's input {t.name!r} has source kind {src.get('kind')!r} without a number "
+                       f"{key!r}")
+    return v
+
+
+def read_inputs(path: str, tensors: list[Tensor]) -> dict[str, np.ndarray]:
+    """--input: .npy for one input, .npz with one array per input name; each in the model's
+    shape, float for float inputs, an integer dtype for integer inputs."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            arrays = {None: loaded}
+        else:
+            with loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot read --input {path}: {_first_line(e)}") from None
-    if x.dtype.kind not in "fiu" or tuple(x.shape) != tuple(shape):
-        raise BadInput(f"--input {path} holds {x.dtype} {_fmt(x.shape)}; expected float32 {_fmt(shape)} (NCHW)")
-    return x.astype(np.float32), Path(path).name
+    names = [t.name for t in tensors]
+    if None in arrays:
+        if len(tensors) != 1:
+            raise BadInput(f"--input {path} holds one array; the artifact takes {len(tensors)} inputs "
+                           f"({', '.join(names)}): pass an .npz with one array per name")
+        arrays = {names[0]: arrays[None]}
+    missing, extra = [n for n in names if n not in arrays], [n for n in arrays if n not in names]
+    if missing or extra:
+        parts = ([f"lacks {', '.join(missing)}"] if missing else []) + \
+            ([f"holds {', '.join(extra)}, which the artifact does not take"] if extra else [])
+        raise BadInput(f"--input {path} {' and '.join(parts)}; it needs one array per input: {', '.join(names)}")
+    where = (lambda n: f"--input {path}") if len(tensors) == 1 else (lambda n: f"--input {path}[{n}]")
+    return {t.name: check_data(arrays[t.name], t, where(t.name)) for t in tensors}
 
 
-def to_artifact(x: np.ndarray, layout: str | None, manifest: dict | None, backend) -> np.ndarray:
-    """Lay out and quantize the float32 data the way the artifact takes it; check its shape."""
-    if layout == "NHWC" and x.ndim == 4:
-        x = x.transpose(0, 2, 3, 1)
-    declared, dtype, runtime_quant = backend.input_info()
-    if dtype.kind in "iu":
-        x = quantize(x, dtype, *_quant(manifest and manifest["input"], runtime_quant))
-    x = np.ascontiguousarray(x.astype(dtype, copy=False))
-    if declared is not None and (len(declared) != x.ndim or
-                                 any(d is not None and d != s for d, s in zip(declared, x.shape))):
-        raise BadInput(f"input shape {_fmt(x.shape)} does not fit the artifact's input "
-                       f"{_fmt(['?' if d is None else d for d in declared])}")
+def check_data(x: np.ndarray, t: Tensor, where: str) -> np.ndarray:
+    """One input's data in the model's dtype, or a one-line error."""
+    dtype = t.model_dtype()
+    integer = dtype.kind in "iub"
+    if tuple(x.shape) != tuple(t.model_shape) or x.dtype.kind not in ("iub" if integer else "fiu"):
+        note = f" ({t.model_layout})" if t.model_layout else ""
+        raise BadInput(f"{where} holds {x.dtype} {_fmt(x.shape)}; expected {dtype.name} {_fmt(t.model_shape)}{note}")
+    if integer and x.size and dtype.kind != "b":
+        info = np.iinfo(dtype)
+        if x.min() < info.min or x.max() > info.max:
+            raise BadInput(f"{where} holds values from {x.min()} to {x.max()}, outside {dtype.name}")
+    return x.astype(dtype)
+
+
+def load_photo(path: str, t: Tensor) -> np.ndarray:
+    """A photo preprocessed as edge does it (edge.data.load_image): RGB, the shorter side resized
+    to `resize` (bilinear), a centre crop of `crop`, (x - mean) / std on the 0-255 scale, CHW;
+    batch 1."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BadInput("--image needs Pillow; install it with: pip install pillow") from None
+    src = t.source
+    resize, crop = int(_number(src, "resize", t)), int(_number(src, "crop", t))
+    if (src.get("color") or "RGB") != "RGB":
+        raise BadInput(f"--image: the input's color is {src['color']!r}; this runner makes RGB only")
+    for key in ("mean", "std"):
+        v = src.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(c, (int, float)) for c in v)):
+            raise BadInput(f"the manifest's input {t.name!r} has no {key} (three numbers, 0-255 scale)")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = resize / min(w, h)
+            bilinear = getattr(Image, "Resampling", Image).BILINEAR
+            im = im.resize((max(crop, round(w * s)), max(crop, round(h * s))), bilinear)
+    except OSError as e:  # also PIL's UnidentifiedImageError
+        raise BadInput(f"--image {path} is not a readable image ({_first_line(e)})") from None
+    w, h = im.size
+    left, top = (w - crop) // 2, (h - crop) // 2
+    im = im.crop((left, top, left + crop, top + crop))
+    x = np.asarray(im, dtype=np.float32)
+    x = (x - np.asarray(src["mean"], np.float32)) / np.asarray(src["std"], np.float32)
+    x = np.ascontiguousarray(x.transpose(2, 0, 1))[None]
+    if x.shape != tuple(t.model_shape):
+        raise BadInput(f"--image gives {_fmt(x.shape)} (crop {crop}); the input {t.name!r} is {_fmt(t.model_shape)}")
     return x
 
 
-def to_float(y: np.ndarray, manifest: dict | None, backend) -> np.ndarray:
-    """The output as float32, dequantized when the artifact returns integers."""
-    if y.dtype.kind not in "iu":
-        return y.astype(np.float32)
-    return dequantize(y, *_quant(manifest and manifest.get("output"), backend.output_quant()))
+def image_input(tensors: list[Tensor]) -> Tensor:
+    """The single image input --image feeds."""
+    kinds = [(t.source or {}).get("kind") for t in tensors]
+    if kinds != ["image"]:
+        have = ", ".join(f"{t.name} (source {k})" for t, k in zip(tensors, kinds))
+        raise BadInput(f"--image needs a manifest whose single input is an image (source kind 'image'); "
+                       f"this artifact's inputs: {have}")
+    return tensors[0]
 
 
-def _fmt(shape) -> str:
-    return ",".join(str(d) for d in shape)
+def input_data(a: argparse.Namespace, tensors: list[Tensor]) -> tuple[dict, list[str]]:
+    """{input name: data in the model's shape} and, per input, where it came from."""
+    if a.image is not None:
+        t = image_input(tensors)
+        return {t.name: load_photo(a.image, t)}, [Path(a.image).name]
+    if a.input is not None:
+        return read_inputs(a.input, tensors), [Path(a.input).name] * len(tensors)
+    made = [make_data(t, seed) for seed, t in enumerate(tensors)]
+    return {t.name: x for t, (x, _) in zip(tensors, made)}, [s for _, s in made]
+
+
+# ---------------------------------------------------------------- layout and quantization
+
+def to_artifact(x: np.ndarray, t: Tensor) -> np.ndarray:
+    """Model data the way the artifact takes it: transposed, quantized (a float input to an int8
+    tensor) or cast (an integer input), in the declared shape."""
+    perm = t.perm()
+    if perm:
+        x = x.transpose(perm)
+    dtype = t.artifact_dtype()
+    scale, zero_point = t.quant()
+    if dtype.kind in "iu" and scale:
+        x = quantize(x, dtype, scale, zero_point)
+    x = np.ascontiguousarray(x.astype(dtype, copy=False))
+    declared = t.detail.shape if t.detail is not None else None
+    if declared is not None and (len(declared) != x.ndim or
+                                 any(isinstance(d, int) and d != s for d, s in zip(declared, x.shape))):
+        raise BadInput(f"input shape {_fmt(x.shape)} does not fit the artifact's input "
+                       f"{_fmt(_marked(d) for d in declared)}")
+    return x
+
+
+def to_model(y: np.ndarray, t: Tensor) -> np.ndarray:
+    """An output the way the model has it: float32 (dequantized when quantized), in its layout."""
+    if y.dtype.kind in "iu" and t.quant()[0]:
+        y = dequantize(y, *t.quant())
+    elif y.dtype.kind == "f":
+        y = y.astype(np.float32)
+    if not t.perm():
+        return y
+    if y.ndim != len(t.layout):
+        raise BadInput(f"output {t.name!r} has {y.ndim} dims; the manifest gives it layout {t.layout}")
+    return y.transpose([t.layout.index(c) for c in t.model_layout])
+
+
+def save_outputs(path: str, outputs: list[Tensor], ys: dict[str, np.ndarray]) -> None:
+    """.npy for one output, else an .npz by output name (written to `path` as given)."""
+    with _writing(path):
+        if len(outputs) == 1:
+            np.save(path, ys[outputs[0].name])
+        else:
+            with open(path, "wb") as f:
+                np.savez(f, **ys)
+
+
+def top5(y: np.ndarray, artifact: Path, manifest: dict) -> list[dict]:
+    """The five highest scores of the first output (the first sample), named from the labels file
+    the manifest names (beside the artifact), else by class index."""
+    scores = y.reshape(y.shape[0], -1)[0] if y.ndim > 1 else y.reshape(-1)
+    labels = read_labels(artifact, manifest.get("labels"))
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))[:5]  # ties: lower index first
+    return [{"index": i, "label": labels[i] if labels and i < len(labels) else None, "score": float(scores[i])}
+            for i in order]
+
+
+def read_labels(artifact: Path, name) -> list[str] | None:
+    if not name:
+        return None
+    path = artifact.parent / name
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        print(f"runner: note: cannot read the labels file {path} ({e.strerror}); showing class indices",
+              file=sys.stderr)
+        return None
+
+
+def print_top5(rows: list[dict], photo: str) -> None:
+    print(f"top-5 for {photo}:", file=sys.stderr)
+    for rank, r in enumerate(rows, 1):
+        label = r["label"] if r["label"] is not None else f"class {r['index']}"
+        print(f"  {rank}. {label} (index {r['index']}): {r['score']:.4f}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- measurement
 
-def measure(backend, x: np.ndarray, warmup: int, runs: int, user_shape: bool) -> tuple:
-    """(first-inference ms, first output, per-run ms): only the runtime's call is timed."""
+def measure(backend, feeds: dict[int, np.ndarray], warmup: int, runs: int, user_shape: bool) -> tuple:
+    """(first-inference ms, every output of the first call, per-run ms): only the runtime's call is timed."""
     clock = time.perf_counter
     with getattr(backend, "context", contextlib.nullcontext)():
-        call = backend.bind(x)
+        call = backend.bind(feeds)
         try:
             t0 = clock()
             ret = call()
             first_ms = (clock() - t0) * 1e3
-            y = np.array(backend.result(ret))
+            ys = [np.array(y) for y in backend.results(ret)]
+        except RunnerError:
+            raise
         except Exception as e:  # noqa: BLE001 - any runtime error ends the run with one line
             if user_shape:  # the only input the artifact could reject is the shape the user gave
-                raise BadInput(f"the artifact rejected input shape {_fmt(x.shape)}: {_first_line(e)}") from None
+                shapes = "; ".join(_fmt(x.shape) for x in feeds.values())
+                raise BadInput(f"the artifact rejected input shape {shapes}: {_first_line(e)}") from None
             raise RunnerError(f"inference failed in {backend.name}: {_first_line(e)}") from None
         for _ in range(warmup):
             call()
@@ -370,7 +802,7 @@ def measure(backend, x: np.ndarray, warmup: int, runs: int, user_shape: bool) ->
             t0 = clock()
             call()
             times.append((clock() - t0) * 1e3)
-    return first_ms, y, times
+    return first_ms, ys, times
 
 
 def peak_rss_bytes() -> int | None:
@@ -422,25 +854,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _shape(s: str) -> tuple:
+    """--input-shape [NAME=]SHAPE -> (name or None, shape)."""
+    name, _, dims = s.rpartition("=")
     try:
-        shape = tuple(int(v) for v in s.replace("x", ",").split(","))
+        shape = tuple(int(v) for v in dims.replace("x", ",").split(","))
     except ValueError:
-        raise BadInput(f"--input-shape {s!r} is not a shape like 1,3,224,224") from None
+        raise BadInput(f"--input-shape {s!r} is not a shape like 1,3,224,224 (or NAME=1,3,224,224)") from None
     if not all(d > 0 for d in shape):
         raise BadInput(f"--input-shape {s!r} has a dimension below 1")
-    return shape
+    return name or None, shape
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(prog="runner", description="Time one .tflite/.onnx/.ptl artifact; prints one JSON object.")
-    p.add_argument("artifact")
+    p.add_argument("artifact", help="the artifact (put -- before a name that starts with -)")
     p.add_argument("--manifest", help="the artifact's manifest.json (default: the one beside it)")
-    p.add_argument("--input-shape", type=_shape, help="without a manifest: the input shape, e.g. 1,3,224,224")
+    p.add_argument("--backend", choices=list(BACKENDS), help="the runtime (default: by the artifact's suffix)")
+    p.add_argument("--input-shape", type=_shape, action="append", default=[], metavar="[NAME=]SHAPE",
+                   help="without a manifest: an input's shape, e.g. 1,3,224,224 (needed for dynamic dims and .ptl; "
+                        "repeat per input, in order or by name)")
     p.add_argument("--threads", type=int, help="threads the runtime may use (default: the runtime's own)")
     p.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs after the first inference (default 5)")
-    p.add_argument("--input", help="float32 NCHW preprocessed input, .npy (default: random normal, seed 0)")
-    p.add_argument("--save-output", help="save the first inference's float32 output to this .npy file")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--input", help="input data in the model's layout and shape: .npy (one input) or .npz (one "
+                                      "array per input name) (default: made from the manifest, e.g. random normal)")
+    data.add_argument("--image", help="a photo for the model's image input, preprocessed as edge does; "
+                                      "prints the top-5 classes (needs Pillow)")
+    p.add_argument("--save-output", help="save the first inference's outputs in the model's layout: .npy for one, "
+                                         ".npz by output name for several")
     p.add_argument("--json", help="also write the JSON result to this file")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     a = p.parse_args(argv)
@@ -453,31 +895,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(a: argparse.Namespace) -> dict:
     """Load, run and time the artifact; returns the JSON result."""
     path = Path(a.artifact)
-    if path.suffix not in BACKENDS:
-        raise BadInput(f"{path.name}: unknown artifact type; expected one of {', '.join(BACKENDS)}")
+    backend_cls = backend_class(path, a.backend)
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
     manifest = load_manifest(path, a.manifest)
-    logical, layout = input_spec(path.name, manifest, a.input_shape)
-    data, source = input_data(a.input, logical)
-    backend = BACKENDS[path.suffix](a.threads, manifest)
+    if manifest is not None:
+        inputs, outputs = manifest_tensors(manifest)
+        check_shapes(inputs, a.input_shape)
+    elif a.image is not None:
+        raise BadInput("--image needs the artifact's manifest.json (how to preprocess, which labels); "
+                       "pass --manifest PATH")
+    backend = backend_cls(a.threads, manifest)
     t0 = time.perf_counter()
     backend.load(path)
     load_ms = (time.perf_counter() - t0) * 1e3
-    x = to_artifact(data, layout, manifest, backend)
-    first_ms, raw, times = measure(backend, x, a.warmup, a.runs, user_shape=manifest is None)
+    if manifest is not None:
+        bind_tensors(inputs, backend.inputs(), "input", path.name)
+        bind_tensors(outputs, backend.outputs(), "output", path.name)
+    else:
+        inputs, outputs = artifact_tensors(backend, path.name, a.input_shape), []
+    data, sources = input_data(a, inputs)
+    feeds = {t.slot: to_artifact(data[t.name], t) for t in inputs}
+    first_ms, raw, times = measure(backend, feeds, a.warmup, a.runs,
+                                   user_shape=manifest is None and bool(a.input_shape))
+    outputs = outputs or artifact_outputs(backend, raw)
+    if max(t.slot for t in outputs) >= len(raw):
+        raise BadInput(f"{path.name} returned {len(raw)} tensor(s); the manifest describes {len(outputs)} outputs")
+    ys = {t.name: to_model(raw[t.slot], t) for t in outputs}
     if a.save_output:
-        with _writing(a.save_output):
-            np.save(a.save_output, to_float(raw, manifest, backend))
-    return {
+        save_outputs(a.save_output, outputs, ys)
+    result = {
         "schema": SCHEMA, "artifact": path.name, "path": str(path.resolve()), "format": backend.format,
         "runtime": {"name": backend.name, "version": backend.version}, "size_bytes": path.stat().st_size,
+        "precision": backend.precision() if manifest is None else None,
         "load_ms": load_ms, "first_inference_ms": first_ms, "warmup": a.warmup, "runs": a.runs,
         "threads": a.threads, "latency_ms": summarize(times), "peak_rss_bytes": peak_rss_bytes(),
-        "input": {"shape": list(x.shape), "dtype": x.dtype.name, "layout": layout, "source": source},
-        "output": {"shape": list(raw.shape), "dtype": raw.dtype.name},
+        "input": {"shape": list(feeds[inputs[0].slot].shape), "dtype": feeds[inputs[0].slot].dtype.name,
+                  "layout": inputs[0].layout, "source": sources[0]},
+        "output": {"shape": list(raw[outputs[0].slot].shape), "dtype": raw[outputs[0].slot].dtype.name},
+        "inputs": [_describe(t, feeds[t.slot], data[t.name]) | {"source": s} for t, s in zip(inputs, sources)],
+        "outputs": [_describe(t, raw[t.slot], ys[t.name]) for t in outputs],
         "environment": environment(),
     }
+    if a.image is not None:
+        result["top5"] = top5(ys[outputs[0].name], path, manifest)
+        print_top5(result["top5"], Path(a.image).name)
+    return result
+
+
+def _describe(t: Tensor, artifact_side: np.ndarray, model_side: np.ndarray) -> dict:
+    return {"name": t.name, "tensor": t.tensor, "shape": list(artifact_side.shape), "dtype": artifact_side.dtype.name,
+            "layout": t.layout, "model_shape": list(model_side.shape), "model_layout": t.model_layout}
 
 
 @contextlib.contextmanager
