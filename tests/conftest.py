@@ -17,21 +17,34 @@ SHARED = Path(os.environ.get("EDGE_SHARED_DATA", Path(__file__).resolve().parent
 IMAGENET_SAMPLE = SHARED / "imagenet-sample"
 
 
+def small_shape(spec) -> tuple[int, ...]:
+    """The first input's shape for fast builds: an image model that can be resized at about half its
+    size (a square one at 64, or its minimum), keeping its aspect; any other model at its own shape."""
+    shape = tuple(spec.inputs[0].shape)
+    if spec.image is None or not spec.resizable:
+        return shape
+    h, w = shape[-2:]
+    if h == w:
+        return (*shape[:-2], *(2 * (min(h, max(spec.min_input_size, 64)),)))
+    k = max(spec.min_input_size / min(h, w), 0.5)
+    return (*shape[:-2], round(h * k), round(w * k))
+
+
 def small_size(spec) -> int:
-    """The smallest input at which the model still has a meaningful spatial extent."""
-    return max(spec.min_input_size, 64) if spec.name != "tiny" else 32
+    """The side of a square image model's small shape (see small_shape)."""
+    return small_shape(spec)[-1]
 
 
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory):
-    """weights_file(model_name, size) -> path of a state dict that fits that model."""
+    """weights_file(model_name, size or shape) -> path of a state dict that fits that model."""
     cache: dict = {}
     root = tmp_path_factory.mktemp("weights")
 
-    def make(name: str, size: int) -> str:
-        key = (name, size)
+    def make(name: str, size) -> str:
+        key = (name, size if isinstance(size, int) else tuple(size))
         if key not in cache:
-            path = root / f"{name}-{size}.pt"
+            path = root / f"{name}-{'x'.join(map(str, key[1:]))}.pt"
             torch.save(random_bn_recalibrated_state(MODELS.get(name), size), path)
             cache[key] = str(path)
         return cache[key]
