@@ -70,8 +70,10 @@ def _registered(name: str, shapes) -> ModelSpec:
     spec = MODELS.get(name)
     if not shapes:
         return spec
-    if len(shapes) != len(spec.inputs):
+    if len(shapes) > 1 and len(shapes) != len(spec.inputs):  # one shape is the first input's
         raise UserError(f"{name} has {len(spec.inputs)} input(s) but --input-shape gives {len(shapes)}")
+    if any(tuple(s) != tuple(i.shape) for s, i in zip(shapes[1:], spec.inputs[1:])):
+        raise UserError(f"{name}: only its first input can change shape")
     shape, first = shapes[0], spec.inputs[0]
     if tuple(shape) == tuple(first.shape):
         return spec

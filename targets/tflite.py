@@ -332,31 +332,65 @@ def _convert(job: dict) -> None:
     # an output whose shape cannot.
     example = np.load(job["example"])
     it = interpreter(Path(tmp))
-    runner = it.get_signature_runner()
-    ins, outs = runner.get_input_details(), runner.get_output_details()
-    feeds = {}
+    ins = _bind_inputs(it, job["inputs"])
     for n in job["inputs"]:
         x = _to_cl(example[n]) if in_perm[n] else example[n]
         scale, zp = ins[n]["quantization"]
         if np.dtype(ins[n]["dtype"]).kind in "iu" and x.dtype.kind == "f" and scale:
             info = np.iinfo(ins[n]["dtype"])
             x = np.clip(np.round(x / scale + zp), info.min, info.max)
-        feeds[n] = x.astype(ins[n]["dtype"])
-    got = runner(**feeds)
+        it.set_tensor(ins[n]["index"], x.astype(ins[n]["dtype"]))
+    it.invoke()
     ref = dict(zip(names, ort.InferenceSession(job["onnx"], providers=["CPUExecutionProvider"]).run(
         names, {n: example[n] for n in job["inputs"]})))
-    result = {"inputs": [_entry(n, ins[n], in_perm[n]) for n in job["inputs"]], "outputs": []}
-    for n in names:
-        p = _perm(tuple(outs[n]["shape"]), mshape[n])
-        if p is None:  # the shape cannot tell: the values can
-            y = got[n].astype(np.float32)
-            scale, zp = outs[n]["quantization"]
-            if np.dtype(outs[n]["dtype"]).kind in "iu" and scale:
-                y = (y - zp) * scale
-            p = _cos(_to_cl(ref[n]), y) > _cos(ref[n], y)
-        result["outputs"].append(_entry(n, outs[n], p))
+    result = {"inputs": [_entry(n, ins[n], in_perm[n]) for n in job["inputs"]],
+              "outputs": [_entry(n, d, p) for n, (d, p) in _bind_outputs(it, names, ref, mshape).items()]}
     Path(job["result"]).write_text(json.dumps(result))
     os.replace(tmp, job["out"])
+
+
+def _bind_inputs(it, names: list[str]) -> dict[str, dict]:
+    """Each model input's interpreter tensor: by the signature (inputs named as the model's), else by
+    a tensor name that carries the model's name, else in order."""
+    details = it.get_input_details()
+    sig = it.get_signature_list()
+    if len(sig) == 1:
+        runner_in = it.get_signature_runner().get_input_details()
+        by_name = {d["name"]: d for d in details}
+        if set(runner_in) == set(names):
+            return {n: by_name[runner_in[n]["name"]] for n in names}
+    found = {n: next((d for d in details if d["name"].split(":")[0].endswith(n)), None) for n in names}
+    if all(found.values()) and len({d["index"] for d in found.values()}) == len(names):
+        return found
+    return dict(zip(names, details))
+
+
+def _bind_outputs(it, names: list[str], ref: dict, mshape: dict) -> dict[str, tuple[dict, bool]]:
+    """Each model output's interpreter tensor and whether it is channels-last: the tensor whose shape
+    fits (as it is, or channels-last) and, among those, whose values are closest to onnxruntime's.
+    Neither the signature (absent from some conversions) nor the tensor order is relied on."""
+    left = list(it.get_output_details())
+    bound = {}
+    for n in names:
+        best = None
+        for d in left:
+            try:
+                p = _perm(tuple(d["shape"]), mshape[n])
+            except ConversionError:
+                continue
+            y = it.get_tensor(d["index"]).astype(np.float32)
+            scale, zp = d["quantization"]
+            if np.dtype(d["dtype"]).kind in "iu" and scale:
+                y = (y - zp) * scale
+            for cl in ([True, False] if p is None else [p]):
+                score = _cos(_to_cl(ref[n]) if cl else ref[n], y)
+                if best is None or score > best[0]:
+                    best = (score, d, cl)
+        if best is None:
+            raise ConversionError(f"the converted model has no output that fits {n} {tuple(mshape[n])}")
+        bound[n] = (best[1], best[2])
+        left.remove(best[1])
+    return bound
 
 
 def _entry(name: str, d: dict, perm: bool) -> dict:
