@@ -1,8 +1,11 @@
 """Text classification: a small transformer encoder (Vaswani et al., 2017), two inputs as a
 tokenizer gives them, int64 token ids and an attention mask (1 for tokens, 0 for padding), both
-(N, 32); two layers, 4 heads, width 128, vocabulary 1,000; the mask-weighted mean of the last
-layer, then 2 classes. Attention is written with plain Linear layers and matmuls (no fused
-kernel), which every exporter and quantizer handles. No offline weights: random weights."""
+(N, 32); two layers, 4 heads, width 128, vocabulary 1,000; the first token's state of the last
+layer (BERT's [CLS] reading; a masked mean would divide, and int8 TFLite's DIV fails on a zero
+denominator), then 2 classes. Attention is written with plain Linear layers and matmuls (no fused
+kernel), which every exporter and quantizer handles; the queries are scaled by a multiplication
+(onnx2tf's accuracy correction fails on the Div of attention scores by a constant). No offline
+weights: random weights."""
 from __future__ import annotations
 
 import math
@@ -21,13 +24,14 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads, self.dim = heads, width // heads
+        self.scale = 1.0 / math.sqrt(self.dim)
         self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
         self.out = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         n, t, _ = x.shape
         q, k, v = (f(x).reshape(n, t, self.heads, self.dim).transpose(1, 2) for f in (self.q, self.k, self.v))
-        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.dim) + bias
+        scores = torch.matmul(q * self.scale, k.transpose(2, 3)) + bias
         y = torch.matmul(torch.softmax(scores, dim=-1), v)
         return self.out(y.transpose(1, 2).reshape(n, t, -1))
 
@@ -37,7 +41,8 @@ class Layer(nn.Module):
         super().__init__()
         self.attn = Attention(width, heads)
         self.norm1 = nn.LayerNorm(width)
-        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        # GELU's tanh form: TFLite has no Erf kernel (the exact form's), while the tanh form is a builtin
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(approximate="tanh"), nn.Linear(4 * width, width))
         self.norm2 = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -55,13 +60,11 @@ class TextClassifier(nn.Module):
         self.register_buffer("position_ids", torch.arange(length)[None], persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.to(torch.float32)
-        bias = ((1.0 - mask) * MASKED)[:, None, None, :]
+        bias = ((1.0 - attention_mask.to(torch.float32)) * MASKED)[:, None, None, :]
         x = self.tokens(input_ids) + self.positions(self.position_ids)
         for layer in self.layers:
             x = layer(x, bias)
-        pooled = (x * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
-        return self.fc(pooled)
+        return self.fc(x[:, 0])  # the first token's state, as BERT's classifier reads its [CLS] token
 
 
 def build_text_classifier(*, input_shape: tuple[int, ...] = (1, LENGTH), num_classes: int = 2) -> nn.Module:

@@ -151,11 +151,7 @@ class TFLite(Target):
             raise ConversionError(f"the TFLite interpreter crashed (signal {-proc.returncode}) running the "
                                   f"converted {precision} model; try another --calib-method or precision")
         if proc.returncode != 0 or not out.exists():
-            last = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
-            if any("No space left on device" in ln for ln in last):
-                raise OSError(28, "No space left on device")
-            raise ConversionError(f"onnx2tf/TFLite conversion failed: {last[-1][:200] if last else 'no output'} "
-                                  f"(rerun with --debug for the converter log)")
+            raise _conversion_error(proc.stdout + proc.stderr)  # stderr last: the error the process ended with
         result = json.loads((work / "result.json").read_text())
         return Exported(out, _specs(result["inputs"], ctx.model_inputs()), _specs(result["outputs"], ctx.model_outputs()), {
             "converter": "onnx2tf (Keras graph) + tf.lite.TFLiteConverter",
@@ -166,6 +162,7 @@ class TFLite(Target):
             else {"mode": precision},
             "layouts": {t["name"]: ("channels-last" if t["perm"] else "as the model") for t in
                         result["inputs"] + result["outputs"]},
+            "onnx2tf_strict_mode": result["onnx2tf_strict_mode"],
         })
 
     def load(self, path: Path, manifest: dict | None = None, threads: int | None = None) -> TFLiteRunner:
@@ -195,6 +192,24 @@ class TFLite(Target):
         from edge.quantize.sensitivity import tflite_layers
 
         return tflite_layers(path, model, x, manifest)
+
+
+def _conversion_error(log: str) -> Exception:
+    """The converter's failure in one line: the last exception it raised (and the ONNX op, when
+    onnx2tf names the op that raised it), without colour codes."""
+    import re
+
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in log.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if any("No space left on device" in ln for ln in lines):
+        return OSError(28, "No space left on device")
+    errors = [ln for ln in lines if re.search(r"\b\w*(Error|Exception): ", ln) and not ln.startswith("File ")]
+    why = errors[-1] if errors else (lines[-1] if lines else "no output")
+    why = re.sub(r"^(\w+\.)+(?=\w+(Error|Exception):)", "", why)  # tensorflow.lite...ConverterError -> ConverterError
+    ops = [ln.split("onnx_op_name:", 1)[1].strip() for ln in lines if "onnx_op_name:" in ln]
+    op = ops[-1] if ops and errors and sum(errors[-1] in ln for ln in lines) > 1 else None
+    return ConversionError(f"onnx2tf/TFLite conversion failed{f' at ONNX op {op}' if op else ''}: {why[:240]} "
+                           "(rerun with --debug for the converter log)")
 
 
 def _specs(found: list[dict], model: list[TensorSpec]) -> list[TensorSpec]:
@@ -292,8 +307,18 @@ def _convert(job: dict) -> None:
 
     graph = onnx.load(job["onnx"]).graph
     mshape = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.output]}
-    model = onnx2tf.convert(input_onnx_file_path=job["onnx"], output_folder_path="tf",
-                            disable_model_save=True, non_verbose=True)
+    strict = True
+    try:
+        model = onnx2tf.convert(input_onnx_file_path=job["onnx"], output_folder_path="tf",
+                                disable_model_save=True, non_verbose=True)
+    except (Exception, SystemExit):  # noqa: BLE001 - onnx2tf exits or raises; its accuracy correction failed
+        # onnx2tf's "strict" accuracy correction of elementwise ops tries transpositions against
+        # onnxruntime's values and fails on some constant operands (the scaled attention scores of a
+        # transformer: "Output tensors of a Functional model must be the output of a TensorFlow
+        # Layer"). Without it the conversion goes through; edge's own parity check judges the result.
+        strict = False
+        model = onnx2tf.convert(input_onnx_file_path=job["onnx"], output_folder_path="tf",
+                                disable_model_save=True, non_verbose=True, disable_strict_mode=True)
     # Inputs: onnx2tf lays out every input of rank 3 or more channels-last (an ambiguous shape too).
     in_perm = {n: (len(mshape[n]) >= 3 if p is None else p) for n, t in zip(job["inputs"], model.inputs)
                for p in [_perm(tuple(t.shape), mshape[n])]}
@@ -343,7 +368,7 @@ def _convert(job: dict) -> None:
     it.invoke()
     ref = dict(zip(names, ort.InferenceSession(job["onnx"], providers=["CPUExecutionProvider"]).run(
         names, {n: example[n] for n in job["inputs"]})))
-    result = {"inputs": [_entry(n, ins[n], in_perm[n]) for n in job["inputs"]],
+    result = {"onnx2tf_strict_mode": strict, "inputs": [_entry(n, ins[n], in_perm[n]) for n in job["inputs"]],
               "outputs": [_entry(n, d, p) for n, (d, p) in _bind_outputs(it, names, ref, mshape).items()]}
     Path(job["result"]).write_text(json.dumps(result))
     os.replace(tmp, job["out"])
