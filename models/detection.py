@@ -40,5 +40,10 @@ register_model(ModelSpec(
                       Image(Preprocess(resize=256, crop=(256, 320), **HALF))),),
     outputs=(OutputSpec("boxes", "detection"), OutputSpec("scores", "detection")),
     num_classes=91, min_input_size=128,
+    # With random weights its int8 outputs keep 5-7 dB SQNR (cosine 0.88-0.92) on all three targets
+    # alike (measured at 256x320: onnx 6.8 dB, tflite 5.6, .ptl 6.4): the loss builds up through the
+    # random MobileNetV3 backbone (edge explain: below 10 dB from features.10 on), it is not one
+X
+    budgets={"int8": {"min_cosine": 0.8, "min_sqnr_db": 4.0}},
     description="SSDlite MobileNetV3-Large backbone + head, raw boxes and scores, 256x320 (random weights)",
 ))

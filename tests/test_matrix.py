@@ -13,7 +13,7 @@ from edge.pipeline import build
 from edge.verification import verify
 from edge.targets import PRECISIONS, TARGETS
 
-from conftest import offline_weights, small_size
+from conftest import offline_weights, small_shape
 
 # Combinations that cannot be built, with the reason (from each target's own declaration).
 UNSUPPORTED = {(t.name, p): t.unsupported.get(p, "not implemented")
@@ -35,10 +35,10 @@ MATRIX_INT8_BUDGET = {"min_top1_agreement": 0.0, "min_top5_overlap": 0.0, "min_c
 @pytest.mark.parametrize("model,target,precision", CASES)
 def test_build_matrix(model, target, precision, tmp_path, weights_file):
     spec = MODELS.get(model)
-    size = small_size(spec)
+    shape = small_shape(spec)
     real = offline_weights(model)
     cfg = BuildConfig(model=model, targets=(target,), precision=precision, out=str(tmp_path / "out"),
-                      weights="imagenet" if real else weights_file(model, size), input_shape=(1, 3, size, size),
+                      weights="imagenet" if real else weights_file(model, shape), input_shape=shape,
                       budget=MATRIX_INT8_BUDGET if precision == "int8" else {})
     [m] = build(cfg)
     out = tmp_path / "out" / target  # every build writes OUT/<target>/
