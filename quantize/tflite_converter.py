@@ -45,8 +45,13 @@ class TFLiteConverterQuantizer(Quantizer):
         n = len(calib[input_order[0]])
 
         def representative():
+            # By name for several inputs: a list would be fed in the interpreter's tensor order,
+            # which need not be the model's (a frame then went into a sensor input and broke PAD).
             for i in range(n):
-                yield [tf.constant(calib[name][i:i + 1]) for name in input_order]
+                if len(input_order) == 1:
+                    yield [tf.constant(calib[input_order[0]][i:i + 1])]
+                else:
+                    yield {name: tf.constant(calib[name][i:i + 1]) for name in input_order}
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
