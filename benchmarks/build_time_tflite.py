@@ -31,7 +31,7 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
 
     from edge.data import list_images, load_images
     from edge.models import MODELS, load_model
-    from edge.targets.base import _simplify
+    from edge.targets.onnx import _simplify
     from edge.targets.tflite import ONNX2TF_SAMPLE
 
     spec = MODELS.get("efficientnet_lite0")
@@ -80,7 +80,7 @@ def main() -> None:
             acc.append(time_cmd(cmd, work))
             print(f"run {i + 1} {name}: {acc[-1]:.1f} s", flush=True)
     variants = sorted(p.name for p in (work / "onnx2tf_out").glob("*.tflite"))
-    ours_files = sorted(p.name for p in (work / "edge_out").iterdir())
+    ours_files = sorted(str(p.relative_to(work / "edge_out")) for p in (work / "edge_out").rglob("*") if p.is_file())
     ratio = statistics.median(ours) / statistics.median(theirs)
     data = {"environment": environment(), "edge_seconds": ours, "onnx2tf_seconds": theirs,
             "ratio_edge_over_onnx2tf": ratio, "bar": "ratio <= 1.0", "passed": ratio <= 1.0,

@@ -35,7 +35,7 @@ def run(work: Path, name: str, **qat) -> dict[str, dict]:
 
 def outputs(work: Path, name: str, manifests: dict[str, dict], x) -> dict:
     """Each artifact run again in its own runtime on the labelled photos: its logits per image."""
-    return {t: TARGETS.get(t).load(work / name / t / m["artifact"], m).run(x) for t, m in manifests.items()}
+    return {t: TARGETS.get(t).load(work / name / t / m["artifact"], m).run(x)["output"] for t, m in manifests.items()}
 
 
 def paired(ref, labels, ptq, qat, resamples: int = 2000) -> dict:

@@ -17,13 +17,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import environment, lite0_sample, save  # noqa: E402
 
+from edge.models import MODELS  # noqa: E402
+
 
 def top1(traced, work: Path, name: str, x, labels) -> float:
-    from edge.targets import TARGETS
+    from edge.targets.base import ExportContext
+    from edge.targets.torchscript_mobile import LiteRunner
 
     path = work / f"{name}.ptl"
     traced._save_for_lite_interpreter(str(path))
-    y = TARGETS.get("torchscript-mobile").load(path, {"precision": "int8"}).run(x)
+    io = ExportContext(None, MODELS.get("efficientnet_lite0"), work, {})
+    y = LiteRunner(path, True, io.model_inputs(), io.model_outputs()).run(x)["output"]
     return round(100.0 * float((y.argmax(1) == labels).mean()), 2)
 
 
