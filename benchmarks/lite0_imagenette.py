@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ def calibration_dir(dest: Path, n: int) -> Path:
     return dest
 
 
-def predictions(m: dict, folder: Path, x, api_new: bool):
+def predictions(m: dict, folder: Path, x):
     """The artifact's top-1 class per photo, run again in its own runtime."""
     import numpy as np
 
@@ -68,7 +67,6 @@ def run(args) -> None:
                       budget={"max_top1_drop": 100.0})  # record every figure, even a miss
     manifests = build(cfg)
     build_s = time.perf_counter() - t0
-    new_layout = (work / "out" / "onnx" / "manifest.json").is_file()
     ds = load_labelled(eval_dir)
     x = load_images(ds.paths, MODELS.get("efficientnet_lite0").preprocess)
     labels = np.asarray(ds.labels)
@@ -76,17 +74,21 @@ def run(args) -> None:
     for m in manifests:
         folder = work / "out" / m["target"]
         p = m["parity"]
-        top = predictions(m, folder, x, new_layout)
+        top = predictions(m, folder, x)
         preds[m["target"]] = top
         rows.append({"target": m["target"], "fp32_top1": p["reference_top1"], "int8_top1": p["top1"],
                      "drop_pp": round(p["top1_drop_pp"], 3), "rerun_top1": round(100.0 * float((top == labels).mean()), 3),
                      "top1_agreement": p.get("top1_agreement"), "size_bytes": m["size_bytes"]})
     np.savez_compressed(RESULTS / f"lite0_imagenette-{args.tag}.npz", labels=labels, **preds)
+    import subprocess
+
+    src = Path(edge.__file__).resolve().parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=src).stdout.strip()
     data = {"benchmark": "lite0_imagenette", "tag": args.tag, "edge_version": edge.__version__,
+            "edge_source": str(src), "edge_commit": commit,
             "calibration": f"first {args.calib} photos of imagenette/train", "eval": "imagenette/eval (4,000)",
             "rows": rows, "build_seconds": round(build_s, 1), "environment": environment()}
-    md = [f"# EfficientNet-Lite0 int8 on imagenette/eval ({args.tag}, edge {edge.__version__}, "
-          f"{data['environment']['git_commit']})", "",
+    md = [f"# EfficientNet-Lite0 int8 on imagenette/eval ({args.tag}, edge {edge.__version__} at {commit})", "",
           f"Calibration: {data['calibration']}. Top-1 over all 1,000 ImageNet classes, each artifact in its runtime.",
           "", "| target | fp32 top-1 | int8 top-1 | drop pp | top-1 agreement |", "|---|---|---|---|---|"]
     md += [f"| {r['target']} | {r['fp32_top1']:.2f} | {r['int8_top1']:.2f} | {r['drop_pp']:.2f} | "

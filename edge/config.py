@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edge.errors import UserError
-from edge.precisions import BUDGET_KEYS, PRECISIONS, check_budget  # noqa: F401  (BUDGET_KEYS: the CLI's)
+from edge.precisions import PRECISIONS, check_budget
 
 IO_TYPES = ("float", "int8")
 OPSETS = (11, 21)

@@ -71,7 +71,7 @@ def build(config: BuildConfig) -> list[dict]:
             a.seconds = time.perf_counter() - t0
         for stage in STAGES.in_order("build"):
             _run(stage, state)
-    published = getattr(state, "published", [])
+    published = state.published
     failures = [f"{a.target.name} {config.precision}: " + "; ".join(a.report.failures)
                 + (f" (best found: {a.fallback['best']})" if a.fallback else "")
                 for a in state.artifacts if not a.passed]

@@ -102,8 +102,13 @@ def _with_tasks(spec: ModelSpec, tasks: dict[str, str]) -> ModelSpec:
 
 # ---------------------------------------------------------------- a user's own network
 
+def guarded(spec: ModelSpec, what: str):
+    """user_code(...) around a user's network, nothing around edge's own models."""
+    return user_code(f"{spec.name}: {what}") if spec.family == "custom" else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
-def _user_code(what: str):
+def user_code(what: str):
     """Run the user's code: anything it raises, or a sys.exit(), becomes one UserError line."""
     try:
         yield
@@ -125,7 +130,7 @@ def _import_file(path: Path):
         raise UserError(f"{path} is not a Python file edge can import; --model takes path/to/file.py:factory")
     module = importlib.util.module_from_spec(spec_)
     sys.modules[mod_name] = module
-    with _user_code(f"importing {path}"):
+    with user_code(f"importing {path}"):
         spec_.loader.exec_module(module)
     return module
 
@@ -136,7 +141,7 @@ def _call_factory(fn, ref: str) -> nn.Module:
     if required:
         raise UserError(f"{ref} needs arguments ({', '.join(required)}); --model takes a factory that builds "
                         "the network with no arguments (give the others defaults, or wrap it)")
-    with _user_code(ref):
+    with user_code(ref):
         model = fn()
     if not isinstance(model, nn.Module):
         raise UserError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")
@@ -165,7 +170,7 @@ def _example_inputs(module, path: Path) -> tuple[torch.Tensor, ...] | None:
         return None
     if not callable(fn):
         raise UserError(f"{path}: example_inputs must be a function returning a tuple of tensors")
-    with _user_code(f"{path}: example_inputs()"):
+    with user_code(f"{path}: example_inputs()"):
         ex = fn()
     ex = (ex,) if isinstance(ex, torch.Tensor) else ex
     if not isinstance(ex, (tuple, list)) or not ex or not all(isinstance(t, torch.Tensor) for t in ex):
@@ -240,7 +245,7 @@ def _custom_spec(ref: str, shapes) -> ModelSpec:
                         f"({'; '.join(','.join(map(str, e.shape)) for e in examples)}); drop --input-shape")
     names = input_names(model, len(examples))
     inputs = tuple(_guess_input(n, e, given) for n, e in zip(names, examples))
-    with torch.no_grad(), _user_code(f"{ref}: forward on inputs of shape "
+    with torch.no_grad(), user_code(f"{ref}: forward on inputs of shape "
                                      f"{'; '.join(','.join(map(str, e.shape)) for e in examples)}"):
         y = model(*examples)
     flat = _flat_outputs(y)
@@ -342,7 +347,7 @@ def load_model(spec: ModelSpec, weights: str = "imagenet", input_size=None) -> n
                        else tuple(input_size))
     if weights == "random":
         return random_model(spec)
-    with _user_code(f"building {spec.name}") if spec.family == "custom" else contextlib.nullcontext():
+    with guarded(spec, "building the network"):
         model = spec.build()
     if weights == "imagenet" and spec.family == "custom":
         raise UserError(f"--model {spec.name} is a custom network; pass --weights PATH or --weights random")
@@ -372,7 +377,7 @@ def random_model(spec: ModelSpec, seed: int = RANDOM_SEED) -> nn.Module:
     """Seeded random weights with batch-norm statistics re-estimated on the built-in samples."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        with _user_code(f"building {spec.name}") if spec.family == "custom" else contextlib.nullcontext():
+        with guarded(spec, "building the network"):
             model = spec.build()
         _reestimate_bn(model, spec)
     return model.eval()
@@ -390,8 +395,7 @@ def _reestimate_bn(model: nn.Module, spec: ModelSpec) -> None:
         m.momentum = None  # a plain average over the batch below
     model.train()
     try:
-        with torch.no_grad(), (_user_code(f"{spec.name}: forward") if spec.family == "custom"
-                               else contextlib.nullcontext()):
+        with torch.no_grad(), guarded(spec, "forward"):
             model(*[torch.from_numpy(x[i.name]) for i in spec.inputs])
     finally:
         model.eval()

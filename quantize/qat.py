@@ -469,21 +469,3 @@ def _on_grid(qat_module: nn.Module) -> nn.Module:
     lin = flt[0] if isinstance(flt, nn.Sequential) else flt  # Conv/Linear + ReLU come as a Sequential
     lin.weight.copy_(qat_module.weight_fake_quant(lin.weight))
     return flt
-
-
-def to_lite(prepared: nn.Module, example) -> tuple[torch.jit.ScriptModule, dict]:
-    """The trained fake-quant model as a traced int8 qnnpack module, with its learned ranges."""
-    from edge.quantize import torch_ptq
-
-    start = time.perf_counter()
-    traced, info = torch_ptq.to_lite(prepared, example)
-    return traced, {
-        "engine": torch_ptq.ENGINE, "method": "qat", "per_channel": True,
-        "qconfig": {
-            "activation": "quint8 per-tensor affine, full 0..255 range, ranges learned in QAT "
-                          "(moving-average min/max, frozen late)",
-            "weight": "qint8 per-channel symmetric [-127, 127], scale >= 2**-12, trained in QAT",
-            "bn_folded": True, **info["fixes"],
-        },
-        "quantized_ops": info["ops"], "seconds": round(time.perf_counter() - start, 1),
-    }

@@ -63,10 +63,6 @@ class ExportContext:
     qat: "QATResult | None" = None
     _onnx: Path | None = None
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.spec.inputs[0].shape)
-
     def example_tensors(self) -> tuple:
         import torch
 

@@ -143,3 +143,4 @@ class BuildState:
     inputs_record: dict = field(default_factory=dict)  # provenance of model file / weights, for the manifest
     records: list[dict] = field(default_factory=list)  # model-scope stage records
     artifacts: list[ArtifactState] = field(default_factory=list)
+    published: list[dict] = field(default_factory=list)  # the manifests publish wrote

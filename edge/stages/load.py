@@ -2,7 +2,6 @@
 the reference's outputs on the check samples (every later stage compares against these)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ class Load(Stage):
     order = 10
 
     def run(self, state: BuildState, artifact=None) -> dict:
-        from edge.models.loading import _user_code, file_sha256, is_custom, load_model, resolve_model
+        from edge.models.loading import file_sha256, guarded, is_custom, load_model, resolve_model
         from edge.parity import RANDOM_WEIGHTS_NOTE, budget_for, can_judge
         from edge.quantize.calibration import calibration_and_parity, evaluation_set
         from edge.runner import TorchRunner
@@ -38,7 +37,7 @@ class Load(Stage):
                         "accuracy check", len(samples))
         reference = TorchRunner(model, spec)
         log.info("reference: %s on %d samples from %s", spec.name, len(samples), samples.source)
-        with _user_code(f"{spec.name}: forward") if spec.family == "custom" else contextlib.nullcontext():
+        with guarded(spec, "forward"):
             ref = reference.run(samples.arrays, progress="reference pass")
         spec = _with_output_shapes(spec, ref)
         for o in spec.outputs:
