@@ -46,7 +46,7 @@ def int8_tflite(tmp_path_factory) -> Path:
     """A tiny int8 TFLite build with int8 input and output tensors."""
     out = tmp_path_factory.mktemp("build") / "tiny-int8"
     edge.build(model="tiny", target="tflite", precision="int8", io="int8", weights="random", out=str(out))
-    return out
+    return out / "tflite"
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_runner_contract(precision, target, request, device, tmp_path):
     assert r["input"]["dtype"] == manifest["input"]["dtype"] and r["output"]["dtype"] == manifest["output"]["dtype"]
     # The device's (dequantized) output is what edge's own runner gives for the same input.
     expected = TARGETS.get(target).load(artifact, manifest).run(x)
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected["output"], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- the runner's errors
@@ -420,9 +420,10 @@ def test_runner_foreign_artifacts_read_their_own_inputs(fp32_build, multi, devic
     proc = run_runner(device, tfl, "--runs", 1, "--input", tmp_path / "x.npy", "--save-output", tmp_path / "y.npy")
     r = json.loads(proc.stdout)
     assert r["input"]["shape"] == [1, 32, 32, 3] and r["input"]["layout"] is None and r["precision"] == "float"
-    from edge.targets.tflite import TFLiteRunner  # edge's own runner takes NCHW and transposes
+    from edge.targets.tflite import TFLiteRunner  # without a manifest, edge's own runner too takes the file's layout
 
-    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), TFLiteRunner(tfl).run(x.transpose(0, 3, 1, 2)))
+    (y,) = TFLiteRunner(tfl).run(x).values()
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), y)
     one_error(run_runner(device, tfl, "--input-shape", "1,3,32,32"), 2, "does not fit", "1,32,32,3")
     several = Path(shutil.copy(multi["tflite-int8"], tmp_path / "several.tflite"))
     r = json.loads(run_runner(device, several, "--runs", 1).stdout)
@@ -546,10 +547,11 @@ def test_runner_image_top5(fp32_build, device, tmp_path):
 
     folder = shutil.copytree(fp32_build / "onnx", tmp_path / "onnx")
     artifact, m = artifact_in(folder), json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(m | {"labels": None}))  # first without labels
     photo = BUILTIN_CALIB_DIR / "chelsea.jpg"
     p = m["preprocess"]
     x = load_image(photo, Preprocess(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"])))[None]
-    scores = TARGETS.get("onnx").load(artifact, m).run(x)[0]
+    scores = TARGETS.get("onnx").load(artifact, m).run(x)["output"][0]
     best = [int(i) for i in np.argsort(-scores, kind="stable")[:5]]
 
     proc = run_runner(device, artifact, "--runs", 1, "--image", photo)
