@@ -56,6 +56,8 @@ test-device: setup sysdeps
 	$(BIN)/python -m pytest -q -m pi_emu
 
 bench: setup
+	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/lite0_imagenette.py --tag after
 	$(BIN)/python benchmarks/accuracy_int8.py
 	$(BIN)/python benchmarks/build_time_tflite.py
 	$(BIN)/python benchmarks/harness_overhead.py
