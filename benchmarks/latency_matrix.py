@@ -36,11 +36,11 @@ from edge.config import BuildConfig  # noqa: E402
 from edge.models import MODELS  # noqa: E402
 from edge.models.loading import random_bn_recalibrated_state  # noqa: E402
 from edge.pipeline import build  # noqa: E402
+from edge.targets import TARGETS  # noqa: E402
 
 MODELS_DEFAULT = ("mobilenetv2", "resnet18", "efficientnet_lite0")
 # (precision, targets): fp16 is a TFLite-only precision.
-BUILDS = (("fp32", ("torchscript-mobile", "onnx", "tflite")), ("fp16", ("tflite",)),
-          ("int8", ("torchscript-mobile", "onnx", "tflite")))
+BUILDS = tuple((p, tuple(t.name for t in TARGETS if p in t.precisions)) for p in ("fp32", "fp16", "int8"))
 # Record every figure, even a miss: this is a measurement, not a gate.
 OPEN_BUDGET = {"max_abs": 1e9, "min_cosine": 0.0, "min_top1_agreement": 0.0, "min_top5_overlap": 0.0,
                "max_top1_drop": 100.0}
@@ -135,7 +135,7 @@ def pi_emu(rows: list[dict], skip: bool, cache: Path | None) -> dict:
         return {"status": "not run: the emulated Pi is not set up (edge device setup pi-emu)"}
     out = {"status": f"run: Debian {piemu.SUITE} arm64 under QEMU, {piemu.info()['versions']}"}
     for r in rows:
-        if r["path"].suffix in piemu.SUFFIXES:
+        if piemu.runs(r["path"]):
             try:
                 (res,) = bench([str(r["path"])], threads=1, runs=1, warmup=0, device=PiEmu())
                 out[str(r["path"])] = res["parity_vs_host"]
@@ -168,6 +168,8 @@ def _vs_fp32(rows: list[dict], r: dict) -> str:
 
 
 def markdown(d: dict) -> str:
+    from edge.device import piemu
+
     env = d["environment"]
     lines = [f"# Size and latency: every model, target and precision ({env['date']})", "",
              f"Machine: {env['machine']['processor']}, {env['machine']['cpu_count']} cores; load average at start "
@@ -184,7 +186,8 @@ def markdown(d: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
         e = r["pi_emu"]
-        emu = ("n/a (no torch in the Pi root)" if r["target"] == "torchscript-mobile" else "not run") if e is None else \
+        emu = ("not run" if TARGETS.get(r["target"]).runner_backend in piemu.BACKENDS else
+               f"n/a (no {TARGETS.get(r['target']).runtime} in the Pi root)") if e is None else \
             (f"{e['min_cosine']:.5f}" if e["passed"] else "FAILED: " + "; ".join(e["failures"]))
         top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "n/a"
         ref = f"{r['fp32_top1']:.2f}" if r["fp32_top1"] is not None else "n/a"

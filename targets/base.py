@@ -178,6 +178,13 @@ def register_target(target: Target) -> Target:
     return TARGETS.add(target.name, target)
 
 
+def target_of(path: Path, manifest: dict | None = None) -> Target | None:
+    """The target an artifact belongs to: its manifest's, else the one whose files end like it."""
+    if manifest and manifest.get("target") in TARGETS:
+        return TARGETS.get(manifest["target"])
+    return next((t for t in TARGETS if t.suffix == Path(path).suffix), None)
+
+
 def pkg_version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 

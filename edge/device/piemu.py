@@ -33,7 +33,17 @@ STAMP = ".edge-pi-emu.json"
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 QEMU = Path("/usr/bin/qemu-aarch64-static")
-SUFFIXES = (".tflite", ".onnx")  # no torch in the root: .ptl is benchmarked on the host or a real Pi
+# The on-device runner's backends whose runtimes the root holds (no torch: .ptl is benchmarked on the
+# host or a real Pi)
+BACKENDS = ("tflite", "onnx")
+
+
+def runs(artifact: Path) -> bool:
+    """Can the emulated Pi run this artifact (its target's runtime is in the root)?"""
+    from edge.targets.base import target_of
+
+    t = target_of(artifact)
+    return t is not None and t.runner_backend in BACKENDS
 FIX = "apt-get install qemu-user-static debootstrap (or `make sysdeps`)"
 
 

@@ -197,9 +197,12 @@ class PiEmu:
 
     def check(self, artifact: Path) -> None:
         piemu = _piemu()
-        if artifact.suffix not in piemu.SUFFIXES:
-            raise UserError(f"pi-emu runs {' and '.join(piemu.SUFFIXES)} artifacts; {artifact.name} needs torch, "
-                            f"which the emulated Pi does not have: bench it on the host or a real device")
+        if not piemu.runs(artifact):
+            from edge.targets.base import target_of
+
+            t = target_of(artifact)
+            raise UserError(f"pi-emu holds the {' and '.join(piemu.BACKENDS)} runtimes; {artifact.name} needs "
+                            f"{t.runtime if t else 'a runtime it does not have'}: bench it on the host or a real device")
         if piemu.info(self.root) is None:
             raise UserError(f"the emulated Pi is not set up ({self.root}); run: edge device setup pi-emu")
         piemu.check_host()
