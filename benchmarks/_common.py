@@ -9,7 +9,8 @@ from pathlib import Path
 
 from edge.manifest import all_versions, machine, now
 
-RESULTS = Path(__file__).parent / "results"
+# EDGE_BENCH_RESULTS moves the output (a smoke run that must not replace the committed figures)
+RESULTS = Path(os.environ.get("EDGE_BENCH_RESULTS") or Path(__file__).parent / "results")
 SHARED = Path(os.environ.get("EDGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IMAGENET_SAMPLE = SHARED / "imagenet-sample"
 
@@ -37,7 +38,7 @@ def unlabelled_calibration_dir(dest: Path) -> Path:
 
 
 def save(name: str, data: dict, markdown: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)

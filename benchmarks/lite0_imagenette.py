@@ -135,5 +135,5 @@ if __name__ == "__main__":
     if a.compare:
         compare(*a.compare)
     else:
-        RESULTS.mkdir(exist_ok=True)
+        RESULTS.mkdir(parents=True, exist_ok=True)
         run(a)
