@@ -1,0 +1,584 @@
+"""Hardening (issue 9): what broke when the tool was tried by a newcomer and with hostile input.
+Each test names its item of the issue; each runs real builds of the `tiny` model (random weights),
+real files and real processes, and fails on the old main (ed76632)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge
+from edge.cli import main
+from edge.models import MODELS
+
+ASSETS = Path(__file__).parent / "assets"
+PLANTED = f"{ASSETS / 'planted.py'}:build"
+PHOTOS = Path(edge.__file__).parent / "assets" / "calib"
+TINY = ["--model", "tiny", "--weights", "random"]
+EDGE = [sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(main())"]
+QUICK = ["--runs", "1", "--warmup", "0"]
+
+
+# ---------------------------------------------------------------- helpers
+
+def cli(argv, capsys) -> tuple[int, str, str]:
+    """edge's command line in this process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    c = capsys.readouterr()
+    return code, c.out, c.err
+
+
+def one_error(code: int, err: str, expected: int, *words: str) -> str:
+    """Exactly one `edge: error:` line holding `words`, the expected exit code, no traceback."""
+    assert code == expected, err
+    assert "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("edge: error:")]
+    assert len(errors) == 1, err
+    for w in words:
+        assert w in errors[0], errors[0]
+    return errors[0]
+
+
+def refused(argv, capsys, expected: int, *words: str) -> str:
+    code, _, err = cli(argv, capsys)
+    return one_error(code, err, expected, *words)
+
+
+def run_edge(*argv, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """edge's command line in a fresh process."""
+    return subprocess.run([*EDGE, *map(str, argv)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def copy(build: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "build"
+    shutil.copytree(build, dest, symlinks=True)
+    return dest
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def edit(folder: Path, change) -> dict:
+    """Change a manifest in place: `change(m)` edits the dict."""
+    m = manifest(folder)
+    change(m)
+    (folder / "manifest.json").write_text(json.dumps(m, indent=2))
+    return m
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def eval_folder(root: Path, classes=("0", "1")) -> Path:
+    """An ImageFolder tree of built-in photos, two per class."""
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    for i, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for p in photos[2 * i:2 * i + 2]:
+            shutil.copy(p, root / c / p.name)
+    return root
+
+
+def model_file(tmp_path: Path, body: str, name: str = "net.py") -> str:
+    f = tmp_path / name
+    f.write_text("import sys\nimport torch\nimport torch.nn as nn\n\n" + body)
+    return f"{f}:make"
+
+
+# ---------------------------------------------------------------- builds shared by several tests
+
+@pytest.fixture(scope="module")
+def onnx_build(tmp_path_factory) -> Path:
+    """A tiny fp32 ONNX build: OUT/onnx/{artifact, manifest.json, check.npz, labels.txt}."""
+    out = tmp_path_factory.mktemp("onnx") / "tiny"
+    edge.build("tiny", "onnx", weights="random", out=str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_targets(tmp_path_factory) -> Path:
+    """Item 5: `--target onnx`, then `--target torchscript-mobile`, into one --out."""
+    out = tmp_path_factory.mktemp("two") / "tiny"
+    edge.build("tiny", "onnx", weights="random", out=str(out))
+    edge.build("tiny", "torchscript-mobile", weights="random", out=str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def planted_build(tmp_path_factory) -> tuple[Path, Path]:
+    """A user's network (tests/assets/planted.py) built from a weights file."""
+    import torch
+
+    from edge.models.loading import resolve_model
+
+    root = tmp_path_factory.mktemp("planted")
+    weights = root / "planted.pt"
+    torch.manual_seed(0)
+    torch.save(resolve_model(PLANTED, (1, 3, 32, 32)).build().state_dict(), weights)
+    out = root / "out"
+    edge.build(PLANTED, "onnx", weights=str(weights), input_shape=(1, 3, 32, 32), out=str(out))
+    return out, weights
+
+
+# ---------------------------------------------------------------- 1. no code named by a build folder runs
+
+def test_verify_and_explain_never_import_a_file_the_build_folder_names(planted_build, tmp_path, capsys):
+    out, weights = planted_build
+    out = copy(out, tmp_path)
+    marker = tmp_path / "imported"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').close()\nimport torch.nn as nn\n\n\n"
+                    "def build():\n    return nn.Linear(1, 1)\n")
+    edit(out / "onnx", lambda m: m["build"]["config"].update(model=f"{evil}:build"))
+    evalset = eval_folder(tmp_path / "eval")
+    plot = ["--plot", tmp_path / "explain.png"]
+
+    code, _, err = cli(["verify", out], capsys)  # the check samples stored in the folder suffice
+    assert code == 0, err
+    refused(["verify", out, "--eval", evalset], capsys, 2, "--model")
+    refused(["explain", out, *plot], capsys, 2, "--model")
+    named = ["--model", f"{evil}:build", "--weights", weights]  # a file other than the one built
+    refused(["verify", out, "--eval", evalset, *named], capsys, 2, "sha256")
+    refused(["explain", out, *plot, *named], capsys, 2, "sha256")
+    assert not marker.exists()
+
+    # the file the build was made from, named on the command line, is what explain runs
+    code, _, err = cli(["explain", out, *plot, "--brief", "--model", PLANTED, "--weights", weights], capsys)
+    assert code == 0, err
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 2. files a manifest names stay in its folder
+
+def _point_elsewhere(folder: Path, where: str, key: str, tmp_path: Path) -> None:
+    """Move the file the manifest's `key` ("artifact" or "check") names to `where`, with a real
+    file there whose sha256 matches, so that only the confinement rule can refuse it."""
+    m = manifest(folder)
+    name = m["artifact"] if key == "artifact" else m["check"]["file"]
+    src = folder / name
+    if where == "/etc/passwd":
+        digest = sha256(Path(where))
+    elif where == "link":
+        outside = tmp_path / f"outside-{name}"
+        shutil.move(src, outside)
+        (folder / "link").symlink_to(outside)
+        digest = sha256(outside)
+    else:
+        dest = folder / where
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(src, dest)
+        digest = sha256(dest)
+    src.unlink(missing_ok=True)
+
+    def change(m):
+        if key == "artifact":
+            m["artifact"], m["sha256"] = where, digest
+        else:
+            m["check"]["file"], m["check"]["sha256"] = where, digest
+    edit(folder, change)
+
+
+ELSEWHERE = ["/etc/passwd", "../../x", "sub/x", "link"]
+
+
+@pytest.mark.parametrize("where", ELSEWHERE)
+def test_check_samples_outside_their_folder_are_refused(where, onnx_build, tmp_path, capsys):
+    out = copy(onnx_build, tmp_path)
+    _point_elsewhere(out / "onnx", where, "check", tmp_path)
+    refused(["verify", out], capsys, 2, "an edge manifest names files")
+
+
+# ---------------------------------------------------------------- 4. a foreign manifest.json
+
+WEB_MANIFEST = '{"name": "My App", "start_url": "/", "display": "standalone"}\n'
+
+
+@pytest.mark.parametrize("name,content", [("manifest.json", WEB_MANIFEST), ("notes.txt", "my notes\n")])
+def test_foreign_files_in_the_target_folder_refuse_the_build_up_front(name, content, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "onnx").mkdir(parents=True)
+    (out / "onnx" / name).write_text(content)
+    code, _, err = cli(["build", *TINY, "--target", "onnx", "--out", out], capsys)
+    one_error(code, err, 2, "not", "edge")
+    assert "reference:" not in err and "[1/1]" not in err  # refused before loading or exporting anything
+    assert (out / "onnx" / name).read_text() == content
+    assert [p.name for p in (out / "onnx").iterdir()] == [name]
+    assert not [p for p in out.iterdir() if p.name.startswith(".edge-")]
+
+
+def test_a_foreign_file_beside_an_edge_build_refuses_the_next_build(onnx_build, tmp_path, capsys):
+    out = copy(onnx_build, tmp_path)
+    (out / "onnx" / "notes.txt").write_text("mine\n")
+    before = {p.name: sha256(p) for p in (out / "onnx").iterdir()}
+    code, _, err = cli(["build", *TINY, "--target", "onnx", "--out", out], capsys)
+    one_error(code, err, 2, "notes.txt")
+    assert {p.name: sha256(p) for p in (out / "onnx").iterdir()} == before
+
+
+# ---------------------------------------------------------------- 6. files follow the umask
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)],
+                         ids=["umask022", "umask027"])
+def test_published_files_follow_the_umask(umask, file_mode, dir_mode, tmp_path, capsys):
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "out"
+        code, _, err = cli(["build", *TINY, "--target", "onnx", "--out", out], capsys)
+        assert code == 0, err
+        folder = out / "onnx"
+        m = manifest(folder)
+        assert {p.name for p in folder.iterdir()} == {m["artifact"], "manifest.json", "check.npz", "labels.txt"}
+        assert mode(folder) == dir_mode
+        assert {p.name: mode(p) for p in folder.iterdir()} == {p.name: file_mode for p in folder.iterdir()}
+        reports = {"verify": ["verify", out], "explain": ["explain", out, "--plot", tmp_path / "e.png"],
+                   "bench": ["bench", out, *QUICK]}
+        for name, argv in reports.items():
+            code, _, err = cli([*argv, "--json", tmp_path / f"{name}.json"], capsys)
+            assert code == 0, err
+            assert mode(tmp_path / f"{name}.json") == file_mode, name
+        assert mode(tmp_path / "e.png") == file_mode
+    finally:
+        os.umask(old)
+
+
+# ---------------------------------------------------------------- 7. budgets
+
+@pytest.mark.parametrize("flag,value", [("--min-cosine", "nan"), ("--min-cosine", "2"),
+                                        ("--min-top1-agreement", "5"), ("--max-drop", "-1")])
+def test_budgets_out_of_range_are_refused_up_front(flag, value, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = cli(["build", *TINY, "--target", "onnx", "--int8", flag, value, "--out", out], capsys)
+    one_error(code, err, 2, flag)
+    assert "reference:" not in err
+    assert not out.exists()
+
+
+def test_verify_refuses_a_nan_budget(onnx_build, capsys):
+    refused(["verify", onnx_build, "--min-cosine", "nan"], capsys, 2, "--min-cosine")
+
+
+# ---------------------------------------------------------------- 8. high-bit-depth images
+
+def test_a_16_bit_greyscale_png_keeps_its_brightness(tmp_path):
+    from PIL import Image
+
+    from edge.data import load_image
+
+    grey = np.tile(np.linspace(10, 72, 64), (64, 1)).round().astype(np.uint8)  # mean 41
+    Image.fromarray(grey, "L").save(tmp_path / "8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    assert (tmp_path / "16.png").read_bytes()[24] == 16  # the PNG's bit depth
+    pre = MODELS.get("tiny").image.source.preprocess
+    mean, std = np.array(pre.mean)[:, None, None], np.array(pre.std)[:, None, None]
+    level8 = load_image(tmp_path / "8.png", pre) * std + mean  # back to 0-255 pixel levels
+    level16 = load_image(tmp_path / "16.png", pre) * std + mean
+    assert abs(level8.mean() - 41) < 2
+    assert abs(level16.mean() - level8.mean()) <= 1.0
+    assert np.abs(level16 - level8).max() <= 1.0
+
+
+# ---------------------------------------------------------------- 9. one line, the right exit code
+
+CONV = "nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())"
+BAD_MODELS = {
+    "factory raises": ("def make():\n    raise ValueError('unknown width')\n", "raised ValueError: unknown width"),
+    "factory needs arguments": (f"def make(width, depth):\n    return {CONV}\n", "needs arguments (width, depth)"),
+    "forward raises": ("class N(nn.Module):\n    def forward(self, x):\n        raise RuntimeError('no')\n\n\n"
+                       "def make():\n    return N()\n", "raised RuntimeError"),
+    "input too small for its pooling": ("def make():\n    return nn.Sequential(nn.MaxPool2d(8), nn.Flatten())\n",
+                                        "forward on inputs of shape 1,3,4,4"),
+    "exits on import": (f"sys.exit(3)\n\n\ndef make():\n    return {CONV}\n", "sys.exit(3)"),
+    "exits in its factory": ("def make():\n    sys.exit(0)\n", "sys.exit(0)"),
+    "exits in forward": ("class N(nn.Module):\n    def forward(self, x):\n        sys.exit('bye')\n\n\n"
+                         "def make():\n    return N()\n", "sys.exit('bye')"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MODELS)
+def test_a_users_bad_network_is_one_line(case, tmp_path, capsys):
+    body, words = BAD_MODELS[case]
+    shape = "1,3,4,4" if "pooling" in case else "1,3,16,16"
+    out = tmp_path / "out"
+    refused(["build", "--model", model_file(tmp_path, body), "--input-shape", shape, "--weights", "random",
+             "--target", "onnx", "--out", out], capsys, 2, words)
+    assert not list(out.rglob("manifest.json")) if out.exists() else True
+
+
+def test_sys_exit_in_a_model_file_is_not_a_silent_exit(tmp_path):
+    net = model_file(tmp_path, "class N(nn.Module):\n    def forward(self, x):\n        sys.exit(0)\n\n\n"
+                               "def make():\n    return N()\n")
+    p = run_edge("build", "--model", net, "--input-shape", "1,3,16,16", "--weights", "random", "--target", "onnx",
+                 "--out", tmp_path / "out")
+    one_error(p.returncode, p.stderr, 2, "must not exit")
+
+
+def _png(path: Path, width: int, height: int) -> None:
+    """A black one-bit greyscale PNG, written row by row (small on disk whatever its size)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    z = zlib.compressobj(9)
+    row = b"\0" * (1 + (width + 7) // 8)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _png(photos / "huge.png", 20000, 20000)  # 400 Mpixel, over twice PIL's limit
+    assert (photos / "huge.png").stat().st_size < 1 << 20
+    out = tmp_path / "out"
+    refused(["build", *TINY, "--target", "onnx", "--int8", "--calib", photos, "--out", out], capsys, 2,
+            "huge.png", "too large")
+    assert not out.exists() or not list(out.rglob("manifest.json"))
+
+
+def test_a_large_but_allowed_image_gives_no_bomb_warning(tmp_path, capsys, monkeypatch):
+    """PIL warns above MAX_IMAGE_PIXELS and refuses above twice that; an image in between is used,
+    without PIL's warning text. (The limit is lowered so that the image can be small.)"""
+    import warnings
+
+    from PIL import Image
+
+    largest = max(w * h for w, h in (Image.open(p).size for p in PHOTOS.glob("*.jpg")))  # the built-in photos
+    side = int((1.5 * largest) ** 0.5)  # over the limit set below, and under twice it
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, p in enumerate(sorted(PHOTOS.glob("*.jpg")) * 2):  # enough for calibration and a held-out check
+        Image.open(p).convert("RGB").resize((side, side)).save(photos / f"{i}-{p.stem}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", largest)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = cli(["build", *TINY, "--target", "onnx", "--int8", "--calib", photos, "--out",
+                            tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert "DecompressionBomb" not in err
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("key", ["check", "build", "inputs", "outputs", "parity", "precision", "target", "sha256",
+                                 "artifact"])
+def test_a_manifest_missing_a_field_is_one_line(key, onnx_build, tmp_path, capsys):
+    out = copy(onnx_build, tmp_path)
+    edit(out / "onnx", lambda m: m.pop(key))
+    if key == "inputs":  # an older manifest: the schema-1 fields describe the one input
+        edit(out / "onnx", lambda m: m.pop("outputs"))
+    for argv in (["verify", out], ["explain", out, "--plot", tmp_path / "p.png"]):
+        code, _, err = cli(argv, capsys)
+        assert "Traceback" not in err and "KeyError" not in err, err
+        if code != 0:
+            one_error(code, err, 2)
+    if key in ("artifact", "check", "sha256", "target", "precision"):  # nothing to check without these
+        refused(["verify", out], capsys, 2)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_nan_in_calibration_arrays_is_one_line(suffix, tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32)
+    x[3, 1, 2, 2] = np.nan
+    path = tmp_path / f"calib{suffix}"
+    np.save(path, x) if suffix == ".npy" else np.savez(path, input=x)
+    out = tmp_path / "out"
+    refused(["build", *TINY, "--target", "onnx", "--int8", "--calib", path, "--out", out], capsys, 2, "NaN")
+    assert not out.exists() or not list(out.rglob("manifest.json"))
+
+
+def test_a_pickled_model_as_weights_says_save_the_state_dict(tmp_path, capsys):
+    import torch
+
+    path = tmp_path / "whole.pt"
+    torch.save(MODELS.get("tiny").build(), path)
+    line = refused(["build", "--model", "tiny", "--weights", path, "--target", "onnx", "--out", tmp_path / "o"],
+                   capsys, 2, "save the model's state_dict()")
+    assert "\x1b" not in line
+
+
+def _labelled(tmp_path: Path, rows: list[tuple[str, int]]) -> Path:
+    d = tmp_path / "eval"
+    (d / "images").mkdir(parents=True)
+    for p in sorted(PHOTOS.glob("*.jpg"))[:len(rows)]:
+        shutil.copy(p, d / "images" / p.name)
+    names = [p.name for p in sorted(PHOTOS.glob("*.jpg"))[:len(rows)]]
+    (d / "labels.csv").write_text("file,class_index\n" + "".join(f"{n},{c}\n" for n, (_, c) in zip(names, rows)))
+    return d
+
+
+def test_a_label_below_minus_one_is_an_error(tmp_path, capsys):
+    evalset = _labelled(tmp_path, [("a", 1), ("b", -2), ("c", 3)])
+    refused(["build", *TINY, "--target", "onnx", "--eval", evalset, "--out", tmp_path / "out"], capsys, 2,
+            "class index -2", "line 3")
+
+
+def test_an_eval_set_of_a_single_class_warns(tmp_path, capsys):
+    evalset = eval_folder(tmp_path / "eval", classes=("3",))
+    code, _, err = cli(["build", *TINY, "--target", "onnx", "--eval", evalset, "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert "single class" in err
+
+
+def test_an_artifact_named_like_an_option_is_benched(onnx_build, tmp_path, capsys):
+    art = onnx_build / "onnx" / manifest(onnx_build / "onnx")["artifact"]
+    odd = tmp_path / "-x.onnx"
+    shutil.copy(art, odd)
+    code, out, err = cli(["bench", odd, *QUICK], capsys)
+    assert code == 0, err
+    assert "-x.onnx" in out
+
+
+# ---------------------------------------------------------------- 10. the Python API
+
+def test_every_public_function_works_twice_in_one_process(tmp_path):
+    import edge.benchmark  # noqa: F401  (the submodules that once replaced the functions)
+    import edge.explaining  # noqa: F401
+
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        m = edge.build("tiny", "onnx", weights="random", out=str(out))
+        assert m["target"] == "onnx" and m["parity"]["passed"]
+        assert [r["passed"] for r in edge.verify(str(out))] == [True]
+        [r] = edge.explain(str(out), samples=2)
+        assert r["target"] == "onnx" and r["layers"]
+        [b] = edge.bench(str(out), runs=1, warmup=0)
+        assert b["manifest"]["target"] == "onnx" and b["latency_ms"]["mean"] > 0
+    assert all(callable(getattr(edge, f)) for f in ("build", "verify", "explain", "bench"))
+
+
+# ---------------------------------------------------------------- 12. start-up and listing
+
+@pytest.mark.parametrize("argv", [["--help"], ["build", "--help"], ["models"], ["targets"]])
+def test_help_and_listings_do_not_import_torch(argv):
+    code = ("import sys\nfrom edge.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'tensorflow', 'onnxruntime') if m in sys.modules]\n"
+            "assert not heavy, heavy\n" % (argv,))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip()
+
+
+# ---------------------------------------------------------------- 13. conventions
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"edge {edge.__version__}"
+
+
+def test_quiet_verbose_and_debug_after_the_subcommand(onnx_build, capsys, monkeypatch):
+    monkeypatch.setenv("EDGE_DEBUG", "")  # --debug sets it for this process; undone after the test
+    code, _, err = cli(["verify", onnx_build, "-q"], capsys)
+    assert code == 0 and "parity ok" not in err, err
+    code, _, err = cli(["verify", onnx_build, "-v"], capsys)
+    assert code == 0 and "parity ok" in err, err
+    with pytest.raises(edge.errors.UserError):  # --debug: the exception itself, not one line
+        main(["build", "--model", "nope", "--debug"])
+
+
+def test_verify_junit_has_one_case_per_artifact_with_its_figures(two_targets, tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+
+    junit = tmp_path / "verify.xml"
+    code, _, err = cli(["verify", two_targets, "--junit", junit], capsys)
+    assert code == 0, err
+    suite = ET.parse(junit).getroot()
+    cases = suite.findall("testcase")
+    assert len(cases) == 2 and suite.get("failures") == "0"
+    for case in cases:
+        props = {p.get("name"): float(p.get("value")) for p in case.iter("property")}
+        assert props["output.min_cosine"] > 0.99 and "output.sqnr_db" in props
+        assert case.find("failure") is None
+
+
+@pytest.fixture(scope="module")
+def ptl_int8(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """A tiny int8 TorchScript-mobile build, then verify and explain of it, each in a fresh process."""
+    root = tmp_path_factory.mktemp("ptl")
+    out = root / "tiny"
+    runs = {"build": run_edge("build", *TINY, "--target", "torchscript-mobile", "--int8", "--out", out)}
+    runs["verify"] = run_edge("verify", out)
+    runs["explain"] = run_edge("explain", out, "--plot", root / "explain.png")
+    for name, p in runs.items():
+        assert p.returncode == 0, f"{name}: {p.stderr}"
+    return runs
+
+
+def test_verify_and_explain_do_not_print_the_calibration_warning(ptl_int8):
+    assert "calibrating on" in ptl_int8["build"].stderr  # build can act on it
+    for name in ("verify", "explain"):
+        assert "calibrat" not in ptl_int8[name].stderr, ptl_int8[name].stderr
+
+
+@pytest.fixture(scope="module")
+def tflite_build(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A tiny int8 TFLite build in a fresh process (its stderr is what a user sees)."""
+    out = tmp_path_factory.mktemp("tflite") / "tiny"
+    p = run_edge("build", *TINY, "--target", "tflite", "--int8", "--out", out)
+    assert p.returncode == 0, p.stderr
+    return out, p
+
+
+def test_tflite_build_and_bench_keep_native_chatter_off_stderr(tflite_build):
+    out, build = tflite_build
+    bench = run_edge("bench", out, *QUICK)
+    assert bench.returncode == 0, bench.stderr
+    for p in (build, bench):
+        assert "XNNPACK" not in p.stderr, p.stderr
+        assert not [ln for ln in p.stderr.splitlines() if ln.startswith("[W")], p.stderr
+
+
+def test_torchscript_int8_build_verify_and_explain_print_no_cpp_warnings(ptl_int8):
+    """torch's C++ deprecation lines ("[W... Quantizer.cpp] Warning: torch.quantize_per_tensor ...")."""
+    for name, p in ptl_int8.items():
+        assert not [ln for ln in p.stderr.splitlines() if ln.startswith("[W")], f"{name}: {p.stderr}"
+
+
+# ---------------------------------------------------------------- 14. progress
+
+def test_progress_without_a_terminal_has_no_carriage_returns(tflite_build):
+    _, p = tflite_build
+    assert "\r" not in p.stderr
+    assert "reference pass" not in p.stderr or "done in" in p.stderr
+    assert "tflite int8: onnx2tf + TFLite converter" in p.stderr
+
+
+# ---------------------------------------------------------------- 15/16. what the phone needs
+
+def test_a_classifier_build_writes_one_label_per_class(onnx_build):
+    m = manifest(onnx_build / "onnx")
+    labels = (onnx_build / "onnx" / m["labels"]).read_text().splitlines()
+    assert labels == [str(i) for i in range(10)]  # tiny: 10 classes, no class names
+
+
+def test_a_tflite_classifier_carries_its_metadata(tflite_build):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow_lite_support") is None:
+        pytest.skip("tflite-support (which writes and reads TFLite metadata) is not installed")
+    from edge.targets.tflite_metadata import read_metadata
+
+    out, _ = tflite_build
+    m = manifest(out / "tflite")
+    md = read_metadata(out / "tflite" / m["artifact"])
+    assert md is not None and md["labels"][:10] == [str(i) for i in range(10)]
+    assert md["mean"] == pytest.approx([123.675, 116.28, 103.53], abs=1e-3)
+    assert m["target_details"]["metadata"]["written"]
