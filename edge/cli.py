@@ -260,7 +260,7 @@ def _junit(path: str, reports: list[dict], failure: str | None) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from edge.benchmark import bench, format_table, write_json
+    from edge.benchmark import bench, document, format_table
 
     device = None
     if a.device:
@@ -272,7 +272,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.json != "-":
         print(format_table(results))
     if a.json:
-        write_json(results, a.json)
+        _emit_json(a.json, document(results))
     return 0
 
 

@@ -201,6 +201,14 @@ ELSEWHERE = ["/etc/passwd", "../../x", "sub/x", "link"]
 
 
 @pytest.mark.parametrize("where", ELSEWHERE)
+def test_an_artifact_outside_its_folder_is_refused(where, onnx_build, tmp_path, capsys):
+    out = copy(onnx_build, tmp_path)
+    _point_elsewhere(out / "onnx", where, "artifact", tmp_path)
+    for argv in (["verify", out], ["explain", out, "--plot", tmp_path / "p.png"], ["bench", out, *QUICK]):
+        refused(argv, capsys, 2, "an edge manifest names files")
+
+
+@pytest.mark.parametrize("where", ELSEWHERE)
 def test_check_samples_outside_their_folder_are_refused(where, onnx_build, tmp_path, capsys):
     out = copy(onnx_build, tmp_path)
     _point_elsewhere(out / "onnx", where, "check", tmp_path)
@@ -210,6 +218,20 @@ def test_check_samples_outside_their_folder_are_refused(where, onnx_build, tmp_p
 # ---------------------------------------------------------------- 4. a foreign manifest.json
 
 WEB_MANIFEST = '{"name": "My App", "start_url": "/", "display": "standalone"}\n'
+
+
+def test_a_web_apps_manifest_in_out_is_left_alone(tmp_path, capsys):
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "manifest.json").write_text(WEB_MANIFEST)
+    code, _, err = cli(["build", *TINY, "--target", "onnx", "--out", out], capsys)
+    assert code == 0, err
+    assert (out / "manifest.json").read_text() == WEB_MANIFEST
+    assert manifest(out / "onnx")["target"] == "onnx"
+    for argv in (["verify", out], ["bench", out, *QUICK]):  # the web app's manifest is skipped, and said so
+        code, _, err = cli(argv, capsys)
+        assert code == 0, err
+        assert f"skipped {out / 'manifest.json'}: not an edge manifest" in err
 
 
 @pytest.mark.parametrize("name,content", [("manifest.json", WEB_MANIFEST), ("notes.txt", "my notes\n")])
@@ -232,6 +254,30 @@ def test_a_foreign_file_beside_an_edge_build_refuses_the_next_build(onnx_build, 
     code, _, err = cli(["build", *TINY, "--target", "onnx", "--out", out], capsys)
     one_error(code, err, 2, "notes.txt")
     assert {p.name: sha256(p) for p in (out / "onnx").iterdir()} == before
+
+
+# ---------------------------------------------------------------- 5. several builds into one folder
+
+def test_two_builds_into_one_folder_keep_both_and_bench_times_both(two_targets, capsys):
+    assert sorted(p.parent.name for p in two_targets.glob("*/manifest.json")) == ["onnx", "torchscript-mobile"]
+    code, out, err = cli(["bench", two_targets, *QUICK, "--json", "-"], capsys)
+    assert code == 0, err
+    assert sorted(r["manifest"]["target"] for r in json.loads(out)["results"]) == ["onnx", "torchscript-mobile"]
+
+
+def test_bench_says_which_artifacts_it_skipped_and_why(two_targets, tmp_path, capsys):
+    out = copy(two_targets, tmp_path)
+    shutil.copy(out / "onnx" / manifest(out / "onnx")["artifact"], out / "onnx" / "old.onnx")
+    shutil.copy(out / "onnx" / manifest(out / "onnx")["artifact"], out / "stray.tflite")
+    (out / "notes.txt").write_text("not an artifact\n")
+    code, stdout, err = cli(["bench", out, *QUICK], capsys)
+    assert code == 0, err
+    skipped = [ln for ln in err.splitlines() if "skipped" in ln]
+    assert len(skipped) == 2, err
+    assert any("old.onnx" in ln for ln in skipped) and any("stray.tflite" in ln for ln in skipped)
+    assert all("no manifest" in ln for ln in skipped), skipped
+    assert "notes.txt" not in err and "check.npz" not in err
+    assert len([ln for ln in stdout.splitlines() if "tiny.fp32" in ln]) == 2  # both built artifacts timed
 
 
 # ---------------------------------------------------------------- 6. files follow the umask
@@ -492,6 +538,18 @@ def test_quiet_verbose_and_debug_after_the_subcommand(onnx_build, capsys, monkey
     assert code == 0 and "parity ok" in err, err
     with pytest.raises(edge.errors.UserError):  # --debug: the exception itself, not one line
         main(["build", "--model", "nope", "--debug"])
+
+
+@pytest.mark.parametrize("command", ["bench", "verify", "explain", "models", "targets"])
+def test_json_dash_writes_to_stdout(command, onnx_build, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = {"bench": ["bench", onnx_build, *QUICK], "verify": ["verify", onnx_build],
+            "explain": ["explain", onnx_build, "--plot", tmp_path / "p.png", "--samples", "2"],
+            "models": ["models"], "targets": ["targets"]}[command]
+    code, out, err = cli([*argv, "--json", "-"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["schema"].startswith("edge-")
+    assert not (tmp_path / "-").exists()
 
 
 def test_verify_junit_has_one_case_per_artifact_with_its_figures(two_targets, tmp_path, capsys):
