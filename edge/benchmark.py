@@ -138,6 +138,7 @@ def _job_from_manifest(path: Path) -> Job:
     artifact = mf.member(path.parent, m["artifact"], "artifact")
     if not artifact.is_file():
         raise UserError(f"{path} describes {m['artifact']}, which is missing")
+    mf.check_inputs(m, path)
     return Job(artifact, path, m)
 
 

@@ -153,6 +153,19 @@ def member(folder: Path, name, what: str) -> Path:
     return path
 
 
+def check_inputs(m: dict, path: Path) -> None:
+    """UserError when a manifest claims an input too large to make samples for (edge.tensors.
+    check_size): a reader would exhaust memory before anything could say why."""
+    from edge.tensors import check_size
+
+    specs = [*(m.get("inputs") if isinstance(m.get("inputs"), list) else []), m.get("input")]
+    for spec in (s for s in specs if isinstance(s, dict)):
+        for key in ("shape", "model_shape"):
+            shape = spec.get(key)
+            if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+                check_size(shape, f"{path}: input {spec.get('name', '')!r} of shape")
+
+
 def replaceable(dest: Path) -> None:
     """UserError unless `dest` is absent, empty, or an edge build folder holding only files its
     manifest names (so replacing it loses nothing edge did not write)."""

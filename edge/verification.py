@@ -26,6 +26,7 @@ def load_manifest(path: Path) -> dict:
     for key in ("artifact", "target", "sha256", "precision"):
         if key not in m:
             raise UserError(f"{path} lacks '{key}'; it is not a complete edge manifest (rebuild it with edge build)")
+    mf.check_inputs(m, path)
     return m
 
 

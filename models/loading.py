@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from edge.errors import UserError
 from edge.models.spec import IMAGENET, MODELS, ModelSpec
-from edge.tensors import DTYPES, TASKS, Image, InputSpec, Mask, OutputSpec, Preprocess, Range, Tokens
+from edge.tensors import DTYPES, TASKS, Image, InputSpec, Mask, OutputSpec, Preprocess, Range, Tokens, check_size
 
 RANDOM_SEED = 0
 
@@ -63,6 +63,7 @@ def _shapes(input_shape) -> tuple[tuple[int, ...], ...]:
         if s[0] != 1:
             raise UserError(f"--input-shape {','.join(map(str, s))}: the batch dimension must be 1 "
                             "(edge's artifacts run one sample at a time)")
+        check_size(s, "--input-shape")
     return shapes
 
 

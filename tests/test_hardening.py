@@ -422,6 +422,25 @@ def test_a_large_but_allowed_image_gives_no_bomb_warning(tmp_path, capsys, monke
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
+def test_an_input_shape_that_cannot_fit_in_memory_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    refused(["build", *TINY, "--target", "onnx", "--input-shape", "1,3,100000,100000", "--out", out], capsys, 2,
+            "--input-shape 1,3,100000,100000")
+    assert not out.exists()
+
+
+def test_verify_explain_bench_refuse_a_manifest_claiming_a_huge_input(onnx_build, tmp_path, capsys):
+    out = copy(onnx_build, tmp_path)
+    huge = [1, 3, 100000, 100000]
+
+    def claim(m):
+        m["inputs"][0]["shape"] = m["inputs"][0]["model_shape"] = m["input"]["shape"] = huge
+        m["build"]["config"]["input_shape"] = huge
+    edit(out / "onnx", claim)
+    for argv in (["verify", out], ["explain", out, "--plot", tmp_path / "p.png"], ["bench", out, *QUICK]):
+        refused(argv, capsys, 2, "1,3,100000,100000")
+
+
 @pytest.mark.parametrize("key", ["check", "build", "inputs", "outputs", "parity", "precision", "target", "sha256",
                                  "artifact"])
 def test_a_manifest_missing_a_field_is_one_line(key, onnx_build, tmp_path, capsys):
