@@ -73,7 +73,11 @@ class ParityReport:
 
 
 def _round(v):
-    return float(f"{float(v):.6g}") if isinstance(v, (float, np.floating)) else v
+    """A figure for JSON: 6 significant digits; null where it is not finite (the SQNR of an output
+    the artifact reproduces exactly is infinite), since JSON has no infinity or NaN."""
+    if isinstance(v, (float, np.floating)):
+        return float(f"{float(v):.6g}") if np.isfinite(v) else None
+    return v
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

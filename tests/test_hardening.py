@@ -322,6 +322,28 @@ def test_verify_refuses_a_nan_budget(onnx_build, capsys):
     refused(["verify", onnx_build, "--min-cosine", "nan"], capsys, 2, "--min-cosine")
 
 
+def _strict_json(text: str):
+    def refuse(name):
+        raise AssertionError(f"{name} in JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_manifest_never_holds_nan_or_infinity(tmp_path, capsys):
+    """An artifact that reproduces its reference exactly has an infinite SQNR; the manifest and
+    verify's JSON still are valid JSON."""
+    net = model_file(tmp_path, "class Crop(nn.Module):\n    def forward(self, x):\n        return x[:, 0, 0, :10]\n\n\n"
+                               "def make():\n    return Crop()\n")
+    out = tmp_path / "out"
+    code, _, err = cli(["build", "--model", net, "--input-shape", "1,3,16,16", "--weights", "random",
+                        "--target", "torchscript-mobile", "--out", out], capsys)
+    assert code == 0, err
+    m = _strict_json((out / "torchscript-mobile" / "manifest.json").read_text())
+    assert m["parity"]["passed"] and m["parity"]["sqnr_db"] is None  # infinite: written as null
+    code, stdout, err = cli(["verify", out, "--json", "-"], capsys)
+    assert code == 0, err
+    _strict_json(stdout)
+
+
 # ---------------------------------------------------------------- 8. high-bit-depth images
 
 def test_a_16_bit_greyscale_png_keeps_its_brightness(tmp_path):
