@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edge.errors import ConversionError, UserError, require
+from edge.errors import ConversionError, UserError, require, write_failure
 from edge.quantize.base import Quantizer, register_quantizer
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -71,6 +71,8 @@ def _one_line(fp32_path: Path):
     except (UserError, ConversionError):
         raise
     except Exception as e:  # onnx / onnxruntime raise many types; the CLI wants one line
+        if write_failure(e):
+            raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConversionError(f"int8 quantization of {fp32_path.name} failed: {first}") from e
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.errors import ConversionError, UserError
+from edge.errors import ConversionError, UserError, write_failure
 from edge.quantize.base import Quantizer, register_quantizer
 
 if TYPE_CHECKING:
@@ -222,6 +222,8 @@ def _stage(name: str):
     except (UserError, ConversionError):
         raise
     except Exception as e:
+        if write_failure(e):
+            raise
         first = (str(e).strip().splitlines() or [""])[0]
         raise ConversionError(f"int8 {ENGINE} quantization failed in {name}: {type(e).__name__}: {first}") from e
 

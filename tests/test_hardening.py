@@ -215,6 +215,53 @@ def test_check_samples_outside_their_folder_are_refused(where, onnx_build, tmp_p
     refused(["verify", out], capsys, 2, "an edge manifest names files")
 
 
+# ---------------------------------------------------------------- 3. a full disk
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(size) -> a folder on a fresh tmpfs of that size (a real full disk), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    mounted = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"disk{len(mounted)}"
+        d.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], check=True)
+        mounted.append(d)
+        return d
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", str(d)], check=True)
+
+
+@pytest.mark.parametrize("target,size", [("onnx", "8k"), ("onnx", "64k"), ("all", "32k"), ("all", "1m")],
+                         ids=["onnx-export", "onnx-publish", "all-torchscript", "all-tflite"])
+def test_a_full_disk_leaves_nothing_and_says_so(target, size, small_disk):
+    """The disk fills up at different points: the ONNX export, the check samples written at
+    publish, the .ptl (torch's own writer aborted the process), the TFLite conversion."""
+    disk = small_disk(size)
+    p = run_edge("build", *TINY, "--target", target, "--out", disk / "out")
+    one_error(p.returncode, p.stderr, 1, "No space left on device")
+    assert not [f for f in disk.rglob("*") if f.is_file()]
+
+
+def test_a_full_disk_keeps_the_previous_build(small_disk, capsys):
+    disk = small_disk("600k")
+    out = disk / "out"
+    code, _, err = cli(["build", *TINY, "--target", "onnx", "--out", out], capsys)
+    assert code == 0, err
+    before = {f.name: sha256(f) for f in (out / "onnx").iterdir()}
+    (disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(disk).free - 16 * 1024))
+    code, _, err = cli(["build", *TINY, "--target", "onnx", "--out", out], capsys)
+    one_error(code, err, 1, "No space left on device")
+    assert {f.name: sha256(f) for f in (out / "onnx").iterdir()} == before
+    assert [d.name for d in out.iterdir()] == ["onnx"]
+    (disk / "filler").unlink()
+    code, _, err = cli(["verify", out], capsys)
+    assert code == 0, err
+
+
 # ---------------------------------------------------------------- 4. a foreign manifest.json
 
 WEB_MANIFEST = '{"name": "My App", "start_url": "/", "display": "standalone"}\n'
