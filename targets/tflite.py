@@ -11,10 +11,12 @@ which keeps TensorFlow's threads and memory out of the build process, in a scrat
 holds the sample file onnx2tf would otherwise download, so it runs offline."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,11 +154,11 @@ class TFLite(Target):
             raise ConversionError(f"the TFLite interpreter crashed (signal {-proc.returncode}) running the "
                                   f"converted {precision} model; try another --calib-method or precision")
         if proc.returncode != 0 or not out.exists():
-            last = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
-            if any("No space left on device" in ln for ln in last):
-                raise OSError(28, "No space left on device")
-            raise ConversionError(f"onnx2tf/TFLite conversion failed: {last[-1][:200] if last else 'no output'} "
-                                  f"(rerun with --debug for the converter log)")
+            text = proc.stderr + proc.stdout
+            if "No space left on device" in text:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise ConversionError(f"onnx2tf/TFLite conversion failed{_why(text)} (rerun with --debug for the "
+                                  "converter log)")
         result = json.loads((work / "result.json").read_text())
         return Exported(out, _specs(result["inputs"], ctx.model_inputs()), _specs(result["outputs"], ctx.model_outputs()), {
             "converter": "onnx2tf (Keras graph) + tf.lite.TFLiteConverter",
@@ -196,6 +198,23 @@ class TFLite(Target):
         from edge.quantize.sensitivity import tflite_layers
 
         return tflite_layers(path, model, x, manifest)
+
+
+def _why(log: str) -> str:
+    """What a failed conversion's log says went wrong, in one line without colour codes: the ONNX
+    op onnx2tf stopped at and the exception's message (onnx2tf ends its log with generic advice)."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", log).splitlines() if ln.strip()]
+    op = next((ln.split("onnx_op_name:", 1)[1].strip() for ln in reversed(lines)
+               if ln.startswith("ERROR: onnx_op_name:")), None)
+    exc = [i for i, ln in enumerate(lines) if re.match(r"[\w.]*(Error|Exception)\b[^:]*:", ln)]
+    if exc:
+        i = exc[-1]
+        detail = lines[i + 1] if i + 1 < len(lines) and not re.match(r"(ERROR|Call arguments|Traceback|File)\b",
+                                                                     lines[i + 1]) else ""
+        what = f"{lines[i]} {detail}".strip()
+    else:
+        what = lines[-1] if lines else "no output"
+    return f"{' at ONNX op ' + op if op else ''}: {what[:300]}"
 
 
 def _specs(found: list[dict], model: list[TensorSpec]) -> list[TensorSpec]:

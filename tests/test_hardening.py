@@ -579,6 +579,26 @@ def test_an_artifact_named_like_an_option_is_benched(onnx_build, tmp_path, capsy
     assert "-x.onnx" in out
 
 
+DOUBLE = ("class N(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+          "        self.conv = nn.Conv2d(3, 8, 3, padding=1)\n        self.fc = nn.Linear(8, 4)\n\n"
+          "    def forward(self, x):\n        y = self.conv(x).double() * 1.000001  # float64: TFLite cannot\n"
+          "        return self.fc(y.float().mean((2, 3)))\n\n\ndef make():\n    return N()\n")
+
+
+def test_target_all_publishes_what_passed_and_names_what_failed(tmp_path, capsys):
+    """A network that converts for TorchScript and ONNX but not for TFLite (float64 arithmetic):
+    the two are published, and the one line says that TFLite failed and what was published."""
+    out = tmp_path / "out"
+    code, _, err = cli(["build", "--model", model_file(tmp_path, DOUBLE), "--input-shape", "1,3,16,16",
+                        "--weights", "random", "--target", "all", "--out", out], capsys)
+    line = one_error(code, err, 1, "tflite fp32", "published: torchscript-mobile, onnx")
+    assert "\x1b" not in line
+    assert sorted(p.parent.name for p in out.glob("*/manifest.json")) == ["onnx", "torchscript-mobile"]
+    assert not (out / "tflite").exists()
+    code, _, err = cli(["verify", out], capsys)
+    assert code == 0, err
+
+
 # ---------------------------------------------------------------- 10. the Python API
 
 def test_every_public_function_works_twice_in_one_process(tmp_path):
