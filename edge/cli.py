@@ -6,7 +6,6 @@ catalog is data, edge/models/catalog.json; targets, quantizers and stages are li
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -14,7 +13,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from edge.errors import EdgeError, UserError
+from edge import interrupts
+from edge.errors import EdgeError, UserError, write_failure
 
 log = logging.getLogger("edge")
 EXIT_CODES = "exit codes: 0 ok; 2 your input is wrong (one line says what to do); 1 a conversion or parity failed"
@@ -422,28 +422,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _setup_logging(args)
     try:
-        return COMMANDS[args.command](args)
-    except EdgeError as e:
-        if getattr(args, "debug", False):
-            raise
+        with interrupts.watching():
+            return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except Exception as e:
+        if interrupts.seen() and not getattr(args, "debug", False):  # a library turned Ctrl-C into this
+            return _interrupted()
+        return _failure(e, args)
+
+
+def _interrupted() -> int:
+    print("edge: interrupted", file=sys.stderr)
+    return 130
+
+
+def _failure(e: Exception, args: argparse.Namespace) -> int:
+    """One line and an exit code for an error the user can act on; anything else is re-raised."""
+    debug = getattr(args, "debug", False)
+    if isinstance(e, EdgeError) and not debug:
         print(f"edge: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("edge: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        if getattr(args, "debug", False):
-            raise
+    if isinstance(e, MemoryError) and not debug:
         print("edge: error: out of memory; is an input shape larger than intended? (rerun with --debug for where)",
               file=sys.stderr)
         return 2
-    except OSError as e:
-        if getattr(args, "debug", False) or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise
+    if write_failure(e) and not debug:
         where = f" writing {e.filename}" if e.filename else ""
         print(f"edge: error: {e.strerror or 'cannot write'}{where}; free some space or pass another --out "
               "(nothing was published that is not complete)", file=sys.stderr)
         return 1
+    raise e
 
 
 if __name__ == "__main__":

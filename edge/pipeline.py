@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge import interrupts
 from edge import manifest as mf
 from edge.config import BuildConfig
 from edge.errors import ConversionError, ParityError, UserError
@@ -71,7 +72,9 @@ def build(config: BuildConfig) -> list[dict]:
                     if stage.enabled(state, a):
                         record = stage.run(state, a)
                         a.records.append({"stage": stage.name, **(record or {})})
+                    interrupts.check()  # a Ctrl-C that a library swallowed: nothing is published
             except ConversionError as e:  # this target failed; the other targets carry on
+                interrupts.check()  # unless Ctrl-C is why
                 a.error = str(e)
                 if len(targets) > 1:
                     log.warning("%s %s failed: %s", target.name, config.precision, e)
@@ -97,6 +100,7 @@ def _outcome(state: BuildState) -> list[dict]:
 
 
 def _run(stage, state: BuildState) -> None:
+    interrupts.check()
     if stage.enabled(state):
         record = stage.run(state)
         if stage.scope == "model":

@@ -537,6 +537,32 @@ def test_nan_in_calibration_arrays_is_one_line(suffix, tmp_path, capsys):
     assert not out.exists() or not list(out.rglob("manifest.json"))
 
 
+@pytest.mark.parametrize("target,delay", [("torchscript-mobile", 1.0), ("onnx", 2.0)])
+def test_ctrl_c_during_quantization_is_interrupted_not_a_failure(target, delay, tmp_path):
+    """SIGINT to the process group a second or two into the int8 stage: FX quantization is then
+    importing parts of torch (cut short, they fail later with an AttributeError), ONNX is exporting
+    or calibrating. Either way it is an interrupt: exit 130, no failure reported, nothing left."""
+    calib = tmp_path / "calib.npy"  # enough samples that quantization lasts several seconds
+    np.save(calib, np.random.default_rng(0).normal(size=(1000, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*EDGE, "build", *TINY, "--target", target, "--int8", "--calib", str(calib),
+                             "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stderr:  # wait until the target's int8 stages begin
+        lines.append(line)
+        if f"[1/1] {target} int8" in line:
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    err = "".join(lines) + proc.stderr.read()
+    proc.wait(timeout=120)
+    assert any("[1/1]" in ln for ln in lines), err
+    assert proc.returncode == 130, err
+    assert "edge: interrupted" in err and "Traceback" not in err and "failed" not in err, err
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
 def test_a_pickled_model_as_weights_says_save_the_state_dict(tmp_path, capsys):
     import torch
 
