@@ -213,12 +213,26 @@ def _input_shapes(shapes):
     return plain[0] if len(plain) == 1 else tuple(plain)
 
 
+def _writable(path, flag: str) -> None:
+    """Refuse an output file that cannot be written before the work, not after it."""
+    import tempfile
+
+    if path is None or str(path) == "-":
+        return
+    try:
+        tempfile.NamedTemporaryFile(dir=Path(path).parent, prefix=".edge-probe-").close()
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); pass {flag} with a writable path") from None
+
+
 def cmd_verify(a: argparse.Namespace) -> int:
     from edge.errors import ParityError
     from edge.verification import verify
 
     if (a.model or a.weights) and not a.eval:
         raise UserError("--model and --weights name the reference for an --eval check; add --eval DATA")
+    _writable(a.junit, "--junit")
+    _writable(a.json, "--json")
     try:
         reports = verify(a.out_dir, a.eval, _budget(a), a.model, a.weights)
     except ParityError as e:
@@ -267,6 +281,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from edge.device.remote import parse
 
         device = parse(a.device, a.device_python, tuple(a.ssh_option), a.ssh_key)
+    _writable(a.json, "--json")
     results = bench(a.paths, threads=a.threads, runs=a.runs, warmup=a.warmup, pin=a.pin,
                     input_shape=a.input_shape, progress=not _quiet(a), device=device)
     if a.json != "-":
@@ -279,11 +294,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_explain(a: argparse.Namespace) -> int:
     from edge.explaining import explain, format_report, plot, to_json
 
+    png = Path(a.plot) if a.plot else Path(a.out_dir) / "explain.png"
+    if a.plot or png.parent.is_dir():  # no folder: explain says there is no build there
+        _writable(png, "--plot")
+    _writable(a.json, "--json")
     reports = explain(a.out_dir, samples=a.samples, threshold_db=a.threshold_db, model=a.model, weights=a.weights)
     if a.json != "-":
         for r in reports:
             print(format_report(r, all_layers=not a.brief) + "\n")
-    png = plot(reports, a.plot or Path(a.out_dir) / "explain.png")
+    png = plot(reports, png)
     if a.json != "-":
         print(f"plot: {png}")
     if a.json:

@@ -526,6 +526,24 @@ def test_a_manifest_missing_a_field_is_one_line(key, onnx_build, tmp_path, capsy
         refused(["verify", out], capsys, 2)
 
 
+def test_explain_to_an_unwritable_plot_is_one_line(onnx_build, capsys):
+    refused(["explain", onnx_build, "--plot", "/etc/passwd/explain.png"], capsys, 2, "--plot")
+
+
+def test_explain_on_a_read_only_build_folder_is_one_line(onnx_build, tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a read-only tmpfs (root ignores file permissions)")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(ro)], check=True)
+    try:
+        shutil.copytree(onnx_build, ro / "build")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        refused(["explain", ro / "build"], capsys, 2, "--plot")
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
 def test_nan_in_calibration_arrays_is_one_line(suffix, tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32)
