@@ -544,6 +544,21 @@ def test_explain_on_a_read_only_build_folder_is_one_line(onnx_build, tmp_path, c
         subprocess.run(["umount", str(ro)], check=True)
 
 
+@pytest.mark.parametrize("device,words", [("ssh://user@[::1", "ssh://user@[::1"), ("ssh://host:0", "port"),
+                                          ("ssh://host:70000", "port")])
+def test_a_bad_device_url_is_one_line(device, words, onnx_build, capsys):
+    refused(["bench", onnx_build, *QUICK, "--device", device], capsys, 2, words)
+
+
+def test_the_ssh_hint_quotes_what_the_user_typed(onnx_build, capsys):
+    import shlex
+
+    line = refused(["bench", onnx_build, *QUICK, "--device", "ssh://o'brien@no such host.invalid:2222",
+                    "--ssh-option", "ConnectTimeout=5"], capsys, 1, "try: ssh")
+    hint = line.split("try: ", 1)[1].rsplit(")", 1)[0]
+    assert shlex.split(hint) == ["ssh", "-p", "2222", "o'brien@no such host.invalid", "true"]
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
 def test_nan_in_calibration_arrays_is_one_line(suffix, tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32)
