@@ -253,8 +253,9 @@ def _junit(path: str, reports: list[dict], failure: str | None) -> None:
     """One JUnit test case per artifact, its figures as properties, so CI shows parity natively."""
     import xml.etree.ElementTree as ET
 
-    suite = ET.Element("testsuite", name="edge verify", tests=str(max(1, len(reports))),
-                       failures=str(0 if failure is None else 1), errors="0")
+    failed = sum(not r.get("passed", True) for r in reports) or int(failure is not None)
+    suite = ET.Element("testsuite", name="edge verify", tests=str(max(1, len(reports))), failures=str(failed),
+                       errors="0")
     for r in reports:
         case = ET.SubElement(suite, "testcase", classname=f"edge.{r.get('target', 'artifact')}", name=r["artifact"])
         props = ET.SubElement(case, "properties")

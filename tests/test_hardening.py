@@ -734,6 +734,26 @@ def test_verify_junit_has_one_case_per_artifact_with_its_figures(two_targets, tm
         assert case.find("failure") is None
 
 
+def test_verify_junit_records_a_failure(two_targets, tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+
+    junit = tmp_path / "verify.xml"
+    code, _, err = cli(["verify", two_targets, "--min-sqnr-db", "500", "--junit", junit], capsys)
+    one_error(code, err, 1, "sqnr_db")
+    suite = ET.parse(junit).getroot()
+    assert [c.find("failure") is not None for c in suite.findall("testcase")] == [True, True]
+    assert suite.get("failures") == "2"
+
+    out = copy(two_targets, tmp_path)
+    check = out / "onnx" / "check.npz"
+    check.write_bytes(check.read_bytes()[:-10] + b"0123456789")  # tampered
+    code, _, err = cli(["verify", out, "--junit", junit], capsys)
+    one_error(code, err, 1, "check.npz")
+    cases = {c.get("classname"): c for c in ET.parse(junit).getroot().findall("testcase")}
+    assert cases["edge.onnx"].find("failure") is not None
+    assert cases["edge.torchscript-mobile"].find("failure") is None
+
+
 @pytest.fixture(scope="module")
 def ptl_int8(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """A tiny int8 TorchScript-mobile build, then verify and explain of it, each in a fresh process."""
