@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -48,8 +49,16 @@ def _verbosity() -> argparse.ArgumentParser:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, where it has one worth showing (not None, False
+    or an empty list: an option that is off or unset by default)."""
+
     def __init__(self, prog):
         super().__init__(prog, max_help_position=32, width=min(100, max(60, _columns())))
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _columns() -> int:
@@ -373,11 +382,12 @@ def cmd_targets(a: argparse.Namespace) -> int:
            [(r["target"], r["file"], ",".join(r["precisions"]), r["quantizer"], ",".join(r["calib_methods"]))
             for r in rows])
     print()
+    width = _columns() if sys.stdout.isatty() else 100
     for r in rows:
-        for k, v in r["unsupported"].items():
-            print(f"{r['target']} cannot do {k}: {v}")
-        if not r["available"]:
-            print(f"{r['target']} is not installed: {r['why_not']}")
+        notes = [f"{r['target']} cannot do {k}: {v}" for k, v in r["unsupported"].items()]
+        notes += [] if r["available"] else [f"{r['target']} is not installed: {r['why_not']}"]
+        for note in notes:
+            print(textwrap.fill(note, width, subsequent_indent="    ", break_on_hyphens=False))
     return 0
 
 

@@ -719,6 +719,25 @@ def test_json_dash_writes_to_stdout(command, onnx_build, tmp_path, capsys, monke
     assert not (tmp_path / "-").exists()
 
 
+def _helps() -> dict[str, str]:
+    from edge.cli import parser
+
+    p = parser()
+    subs = p._subparsers._group_actions[0].choices
+    helps = {"edge": p.format_help(), **{name: s.format_help() for name, s in subs.items()}}
+    device = subs["device"]._subparsers._group_actions[0].choices
+    helps.update({f"device {name}": s.format_help() for name, s in device.items()})
+    return helps
+
+
+def test_help_shows_defaults_but_never_none_or_false():
+    helps = _helps()
+    assert "(default: efficientnet_lite0)" in helps["build"] and "(default: 50)" in helps["bench"]
+    for name, text in helps.items():
+        flat = " ".join(text.split())
+        assert "(default: None)" not in flat and "(default: False)" not in flat, name
+
+
 def test_verify_junit_has_one_case_per_artifact_with_its_figures(two_targets, tmp_path, capsys):
     import xml.etree.ElementTree as ET
 
@@ -752,6 +771,13 @@ def test_verify_junit_records_a_failure(two_targets, tmp_path, capsys):
     cases = {c.get("classname"): c for c in ET.parse(junit).getroot().findall("testcase")}
     assert cases["edge.onnx"].find("failure") is not None
     assert cases["edge.torchscript-mobile"].find("failure") is None
+
+
+@pytest.mark.parametrize("command", ["models", "targets"])
+def test_listings_fit_100_columns(command, capsys):
+    code, out, _ = cli([command], capsys)
+    assert code == 0
+    assert max(len(ln) for ln in out.splitlines()) <= 100, out
 
 
 @pytest.fixture(scope="module")
