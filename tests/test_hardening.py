@@ -688,6 +688,25 @@ def test_help_and_listings_do_not_import_torch(argv):
     assert p.stdout.strip()
 
 
+def test_the_model_catalog_lists_every_registered_model():
+    from edge.models.catalog import entries
+
+    assert [e["name"] for e in entries()] == MODELS.names()
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_the_model_catalog_is_current(name):
+    """`edge models` lists the catalog (data: no torch, nothing built); it must say what the
+    registry builds. Each network is built once here (a few seconds each, under 30 s in all)."""
+    from edge.models.catalog import count, entries
+
+    spec = MODELS.get(name)
+    e = next(e for e in entries() if e["name"] == name)
+    assert e["inputs"] == [i.to_json() for i in spec.inputs]
+    assert e["outputs"] == [o.to_json() for o in spec.outputs]
+    assert (e["params"], e["macs"]) == count(spec)
+
+
 # ---------------------------------------------------------------- 13. conventions
 
 def test_version(capsys):
