@@ -232,9 +232,12 @@ def _calibrate(prepared, calib, batch_size: int) -> None:
     """Run the calibration samples (one array, or one per input in the model's input order) through."""
     import torch
 
+    from edge.progress import bar
+
     arrays = list(calib.values()) if isinstance(calib, dict) else [np.asarray(calib, dtype=np.float32)]
+    n = len(arrays[0])
     with torch.inference_mode():
-        for i in range(0, len(arrays[0]), batch_size):
+        for i in bar(range(0, n, batch_size), "fx calibration", total=-(-n // batch_size), unit="batch"):
             prepared(*[torch.from_numpy(np.ascontiguousarray(a[i:i + batch_size])) for a in arrays])
 
 

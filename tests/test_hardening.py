@@ -851,6 +851,21 @@ def test_progress_without_a_terminal_has_no_carriage_returns(tflite_build):
     assert "tflite int8: onnx2tf + TFLite converter" in p.stderr
 
 
+def test_onnx_calibration_shows_progress(tmp_path):
+    p = run_edge("build", *TINY, "--target", "onnx", "--int8", "--out", tmp_path / "out")
+    assert p.returncode == 0, p.stderr
+    assert "edge: onnx calibration:" in p.stderr and "\r" not in p.stderr, p.stderr
+
+
+def test_fx_calibration_shows_progress(tmp_path):
+    x = np.random.default_rng(0).normal(size=(160, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    p = run_edge("build", *TINY, "--target", "torchscript-mobile", "--int8", "--calib", tmp_path / "calib.npy",
+                 "--out", tmp_path / "out")
+    assert p.returncode == 0, p.stderr
+    assert "edge: fx calibration:" in p.stderr and "\r" not in p.stderr, p.stderr
+
+
 # ---------------------------------------------------------------- 15/16. what the phone needs
 
 def test_a_classifier_build_writes_one_label_per_class(onnx_build):
