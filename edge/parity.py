@@ -16,8 +16,8 @@ import numpy as np
 from edge.tensors import judged_as
 
 RANDOM_WEIGHTS_NOTE = ("random weights: every output is judged as a dense output (cosine, SQNR, relative "
-                       "max-abs); top-1 agreement between the logits of a network that knows nothing is noise, "
-                       "so it is reported, not judged")
+                       "max-abs; int8 by the precision's random-weights budget); top-1 agreement between the "
+                       "logits of a network that knows nothing is noise, so it is reported, not judged")
 
 
 @dataclass
@@ -199,13 +199,15 @@ def _judge(o: OutputReport, precision: str) -> None:
 
 
 def budget_for(spec, output, precision: str, overrides: dict, random_weights: bool) -> dict[str, float]:
-    """The budget one output is judged by: its task's (or, with random weights, the dense task's)
-    budget for this precision, the model's overrides, then the user's."""
-    from edge.precisions import RANDOM_WEIGHTS_KEYS
+    """The budget one output is judged by: its task's budget for this precision with the model's
+    overrides (with random weights: the precision's random-weights budget, else the dense task's),
+    then the user's."""
+    from edge.precisions import PRECISIONS, RANDOM_WEIGHTS_KEYS
 
     task = "dense" if random_weights else output.task
     base = {**spec.budget(precision, task)}
     if random_weights:
+        base = dict(PRECISIONS.get(precision).random_weights or base)
         base = {k: v for k, v in base.items() if k in RANDOM_WEIGHTS_KEYS}
     applicable = _keys(judged_as(task), precision)
     return {**base, **{k: v for k, v in overrides.items() if k in applicable}}
