@@ -14,7 +14,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-_seen = False
+_seen = False  # Ctrl-C came during the last (or current) watch
+_active = False  # a command is being watched (the Python API is not)
 
 
 def _handle(signum, frame) -> None:
@@ -26,8 +27,8 @@ def _handle(signum, frame) -> None:
 @contextmanager
 def watching() -> Iterator[None]:
     """While inside: SIGINT raises KeyboardInterrupt, and is remembered."""
-    global _seen
-    _seen = False
+    global _seen, _active
+    _seen, _active = False, True
     previous = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is \
             signal.default_int_handler:
@@ -35,6 +36,7 @@ def watching() -> Iterator[None]:
     try:
         yield
     finally:
+        _active = False
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
@@ -45,6 +47,6 @@ def seen() -> bool:
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C came while watching (and something swallowed it)."""
-    if _seen:
+    """Raise KeyboardInterrupt if Ctrl-C came during this watch (and something swallowed it)."""
+    if _active and _seen:
         raise KeyboardInterrupt
