@@ -5,8 +5,10 @@ PATH is an artifact, or a build folder with manifest.json files (in it or in its
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from edge.errors import EdgeError, UserError
 if TYPE_CHECKING:
     from edge.device.remote import Device
 
+log = logging.getLogger("edge")
 SCHEMA = "edge-bench/1"
 
 
@@ -80,13 +83,18 @@ def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmu
 
 
 def collect(path: Path) -> list[Job]:
-    """The artifacts a PATH names: itself, or every artifact with a manifest below a folder. An
+    """The artifacts a PATH names: itself, or every artifact with a manifest below a folder (an
+    artifact there that no manifest describes is skipped, with a line that says so). An
     artifact without a manifest is timed as it declares its inputs; the runner says when it
     needs an input shape (dynamic dims, a .ptl)."""
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if path.is_dir():
-        return [_job_from_manifest(m) for m in _manifests(path)]
+        jobs = [_job_from_manifest(m) for m in _manifests(path)]
+        for skipped in _undescribed(path, jobs):
+            log.warning("bench: skipped %s: no manifest describes it (time it on its own: edge bench %s)",
+                        skipped, shlex.quote(str(skipped)))
+        return jobs
     beside = path.parent / mf.MANIFEST
     if beside.is_file():
         m = mf.read(beside)
@@ -95,21 +103,42 @@ def collect(path: Path) -> list[Job]:
     return [Job(path)]
 
 
+def _visible(folder: Path, path: Path) -> bool:
+    """Not in a hidden folder (a build's staging) and not hidden itself."""
+    return not any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def _manifests(folder: Path) -> list[Path]:
-    found = sorted(p for p in folder.rglob(mf.MANIFEST)
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    found = []
+    for p in sorted(p for p in folder.rglob(mf.MANIFEST) if p.is_file() and _visible(folder, p)):
+        if mf.foreign(p):  # another tool's manifest.json (a web app's)
+            log.warning("bench: skipped %s: not an edge manifest", p)
+        else:
+            found.append(p)
     if not found:
         raise UserError(f"no manifest.json in {folder} or its subfolders; is it an `edge build` output folder?")
     return found
+
+
+def _undescribed(folder: Path, jobs: list[Job]) -> list[Path]:
+    """Files below `folder` with a target's artifact suffix (the target registry's) that no
+    manifest describes."""
+    from edge.targets import TARGETS
+
+    suffixes = {t.suffix for t in TARGETS}
+    described = {j.artifact.resolve() for j in jobs}
+    return sorted(p for p in folder.rglob("*") if p.suffix in suffixes and p.is_file() and _visible(folder, p)
+                  and p.resolve() not in described)
 
 
 def _job_from_manifest(path: Path) -> Job:
     m = mf.read(path)
     if not isinstance(m.get("artifact"), str):
         raise UserError(f"{path} is not an edge manifest (no 'artifact')")
-    artifact = path.parent / m["artifact"]
+    artifact = mf.member(path.parent, m["artifact"], "artifact")
     if not artifact.is_file():
         raise UserError(f"{path} describes {m['artifact']}, which is missing")
+    mf.check_inputs(m, path)
     return Job(artifact, path, m)
 
 
@@ -217,10 +246,14 @@ def host_environment() -> dict:
             "versions": mf.all_versions()}
 
 
+def document(results: list[dict]) -> dict:
+    """The JSON document of a bench: {"schema", "results", "environment"}."""
+    return {"schema": SCHEMA, "results": results, "environment": host_environment()}
+
+
 def write_json(results: list[dict], path: str | Path) -> None:
-    """Write {"schema", "results", "environment"} atomically to `path`."""
-    data = {"schema": SCHEMA, "results": results, "environment": host_environment()}
+    """Write the bench's JSON document atomically to `path`."""
     try:
-        mf.write_json_atomic(Path(path), data)
+        mf.write_json_atomic(Path(path), document(results))
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}); pass a writable path") from None

@@ -6,15 +6,16 @@ catalog is data, edge/models/catalog.json; targets, quantizers and stages are li
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
-from edge.errors import EdgeError, UserError
+from edge import interrupts
+from edge.errors import EdgeError, UserError, write_failure
 
 log = logging.getLogger("edge")
 EXIT_CODES = "exit codes: 0 ok; 2 your input is wrong (one line says what to do); 1 a conversion or parity failed"
@@ -48,8 +49,16 @@ def _verbosity() -> argparse.ArgumentParser:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, where it has one worth showing (not None, False
+    or an empty list: an option that is off or unset by default)."""
+
     def __init__(self, prog):
         super().__init__(prog, max_help_position=32, width=min(100, max(60, _columns())))
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _columns() -> int:
@@ -213,12 +222,26 @@ def _input_shapes(shapes):
     return plain[0] if len(plain) == 1 else tuple(plain)
 
 
+def _writable(path, flag: str) -> None:
+    """Refuse an output file that cannot be written before the work, not after it."""
+    import tempfile
+
+    if path is None or str(path) == "-":
+        return
+    try:
+        tempfile.NamedTemporaryFile(dir=Path(path).parent, prefix=".edge-probe-").close()
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); pass {flag} with a writable path") from None
+
+
 def cmd_verify(a: argparse.Namespace) -> int:
     from edge.errors import ParityError
     from edge.verification import verify
 
     if (a.model or a.weights) and not a.eval:
         raise UserError("--model and --weights name the reference for an --eval check; add --eval DATA")
+    _writable(a.junit, "--junit")
+    _writable(a.json, "--json")
     try:
         reports = verify(a.out_dir, a.eval, _budget(a), a.model, a.weights)
     except ParityError as e:
@@ -239,8 +262,9 @@ def _junit(path: str, reports: list[dict], failure: str | None) -> None:
     """One JUnit test case per artifact, its figures as properties, so CI shows parity natively."""
     import xml.etree.ElementTree as ET
 
-    suite = ET.Element("testsuite", name="edge verify", tests=str(max(1, len(reports))),
-                       failures=str(0 if failure is None else 1), errors="0")
+    failed = sum(not r.get("passed", True) for r in reports) or int(failure is not None)
+    suite = ET.Element("testsuite", name="edge verify", tests=str(max(1, len(reports))), failures=str(failed),
+                       errors="0")
     for r in reports:
         case = ET.SubElement(suite, "testcase", classname=f"edge.{r.get('target', 'artifact')}", name=r["artifact"])
         props = ET.SubElement(case, "properties")
@@ -260,30 +284,35 @@ def _junit(path: str, reports: list[dict], failure: str | None) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from edge.benchmark import bench, format_table, write_json
+    from edge.benchmark import bench, document, format_table
 
     device = None
     if a.device:
         from edge.device.remote import parse
 
         device = parse(a.device, a.device_python, tuple(a.ssh_option), a.ssh_key)
+    _writable(a.json, "--json")
     results = bench(a.paths, threads=a.threads, runs=a.runs, warmup=a.warmup, pin=a.pin,
                     input_shape=a.input_shape, progress=not _quiet(a), device=device)
     if a.json != "-":
         print(format_table(results))
     if a.json:
-        write_json(results, a.json)
+        _emit_json(a.json, document(results))
     return 0
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
     from edge.explaining import explain, format_report, plot, to_json
 
+    png = Path(a.plot) if a.plot else Path(a.out_dir) / "explain.png"
+    if a.plot or png.parent.is_dir():  # no folder: explain says there is no build there
+        _writable(png, "--plot")
+    _writable(a.json, "--json")
     reports = explain(a.out_dir, samples=a.samples, threshold_db=a.threshold_db, model=a.model, weights=a.weights)
     if a.json != "-":
         for r in reports:
             print(format_report(r, all_layers=not a.brief) + "\n")
-    png = plot(reports, a.plot or Path(a.out_dir) / "explain.png")
+    png = plot(reports, png)
     if a.json != "-":
         print(f"plot: {png}")
     if a.json:
@@ -353,11 +382,12 @@ def cmd_targets(a: argparse.Namespace) -> int:
            [(r["target"], r["file"], ",".join(r["precisions"]), r["quantizer"], ",".join(r["calib_methods"]))
             for r in rows])
     print()
+    width = _columns() if sys.stdout.isatty() else 100
     for r in rows:
-        for k, v in r["unsupported"].items():
-            print(f"{r['target']} cannot do {k}: {v}")
-        if not r["available"]:
-            print(f"{r['target']} is not installed: {r['why_not']}")
+        notes = [f"{r['target']} cannot do {k}: {v}" for k, v in r["unsupported"].items()]
+        notes += [] if r["available"] else [f"{r['target']} is not installed: {r['why_not']}"]
+        for note in notes:
+            print(textwrap.fill(note, width, subsequent_indent="    ", break_on_hyphens=False))
     return 0
 
 
@@ -422,28 +452,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _setup_logging(args)
     try:
-        return COMMANDS[args.command](args)
-    except EdgeError as e:
-        if getattr(args, "debug", False):
-            raise
+        with interrupts.watching():
+            return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except Exception as e:
+        if interrupts.seen() and not getattr(args, "debug", False):  # a library turned Ctrl-C into this
+            return _interrupted()
+        return _failure(e, args)
+
+
+def _interrupted() -> int:
+    print("edge: interrupted", file=sys.stderr)
+    return 130
+
+
+def _failure(e: Exception, args: argparse.Namespace) -> int:
+    """One line and an exit code for an error the user can act on; anything else is re-raised."""
+    debug = getattr(args, "debug", False)
+    if isinstance(e, EdgeError) and not debug:
         print(f"edge: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("edge: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        if getattr(args, "debug", False):
-            raise
+    if isinstance(e, MemoryError) and not debug:
         print("edge: error: out of memory; is an input shape larger than intended? (rerun with --debug for where)",
               file=sys.stderr)
         return 2
-    except OSError as e:
-        if getattr(args, "debug", False) or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise
+    if write_failure(e) and not debug:
         where = f" writing {e.filename}" if e.filename else ""
         print(f"edge: error: {e.strerror or 'cannot write'}{where}; free some space or pass another --out "
               "(nothing was published that is not complete)", file=sys.stderr)
         return 1
+    raise e
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from edge.errors import UserError
 from edge.precisions import PRECISIONS, check_budget
+from edge.tensors import check_size
 
 IO_TYPES = ("float", "int8")
 OPSETS = (11, 21)
@@ -75,6 +76,9 @@ class BuildConfig:
             raise UserError(f"--opset {self.opset} is outside the supported range {OPSETS[0]}-{OPSETS[1]}")
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", _shape_tuple(self.input_shape))
+            shapes = self.input_shape if isinstance(self.input_shape[0], tuple) else (self.input_shape,)
+            for s in shapes:  # refused before a build starts, not when memory runs out
+                check_size(s, "--input-shape")
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "tasks", dict(self.tasks))
         for stage in STAGES.configurable():

@@ -5,6 +5,12 @@ EdgeError (exit 1): conversion, runtime or parity failed on valid input.
 """
 from __future__ import annotations
 
+import errno
+
+# A full disk or a folder that cannot be written: the CLI says so in one line (exit 1). Wrappers
+# that turn a library's failures into ConversionError pass these on as they are.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
 
 class EdgeError(Exception):
     """A failure of conversion, a runtime or a parity check (exit code 1)."""
@@ -45,3 +51,8 @@ def require(module: str, purpose: str, package: str | None = None, extra: str | 
         if e.name and not module.startswith(e.name.split(".")[0]) and e.name != module:
             raise MissingDependencyError(e.name.split(".")[0], purpose, extra) from e
         raise MissingDependencyError(package or module.split(".")[0], purpose, extra) from e
+
+
+def write_failure(e: BaseException) -> bool:
+    """Is `e` a full disk or an unwritable folder (not a failure of the conversion itself)?"""
+    return isinstance(e, OSError) and e.errno in WRITE_ERRNOS

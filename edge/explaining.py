@@ -8,6 +8,7 @@ that lose the most themselves. A table on the terminal, a PNG plot, and JSON.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -145,7 +146,8 @@ def plot(reports: list[dict], path: str | Path) -> Path:
         fig.savefig(tmp)
         tmp.replace(path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a path under a file or a read-only folder: nothing to remove
+            tmp.unlink()
         raise UserError(f"cannot write the plot {path} ({e.strerror}); pass --plot with a writable path") from None
     finally:
         plt.close(fig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -18,6 +19,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+log = logging.getLogger("edge")
 MANIFEST = "manifest.json"
 SCHEMA = "edge-manifest"
 SCHEMA_VERSION = 2
@@ -109,9 +111,28 @@ def is_edge_manifest(data) -> bool:
 
 
 def find(out_dir: Path) -> list[Path]:
-    """Every manifest in a build folder: OUT/manifest.json and OUT/<target>/manifest.json."""
+    """Every manifest in a build folder: OUT/<target>/manifest.json, and OUT/manifest.json (where
+    builds before per-target folders put it) unless another tool wrote that one: a build into a
+    folder that holds, say, a web app's manifest.json leaves it there, and it is skipped with a
+    line that says so."""
     out_dir = Path(out_dir)
-    return sorted(p for p in [out_dir / MANIFEST, *out_dir.glob(f"*/{MANIFEST}")] if p.is_file())
+    found = sorted(p for p in out_dir.glob(f"*/{MANIFEST}") if p.is_file())
+    top = out_dir / MANIFEST
+    if top.is_file() and foreign(top):
+        log.warning("skipped %s: not an edge manifest", top)
+    elif top.is_file():
+        found.insert(0, top)
+    return found
+
+
+def foreign(path: Path) -> bool:
+    """A manifest.json that another tool wrote: a JSON object that is not an edge manifest. (One
+    that cannot be read is not foreign: readers say what is wrong with it.)"""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and not is_edge_manifest(data)
 
 
 def member(folder: Path, name, what: str) -> Path:
@@ -130,6 +151,19 @@ def member(folder: Path, name, what: str) -> Path:
     if real.parent != base:
         raise UserError(f"{path} is a link that leaves {folder}; an edge manifest names files inside its folder")
     return path
+
+
+def check_inputs(m: dict, path: Path) -> None:
+    """UserError when a manifest claims an input too large to make samples for (edge.tensors.
+    check_size): a reader would exhaust memory before anything could say why."""
+    from edge.tensors import check_size
+
+    specs = [*(m.get("inputs") if isinstance(m.get("inputs"), list) else []), m.get("input")]
+    for spec in (s for s in specs if isinstance(s, dict)):
+        for key in ("shape", "model_shape"):
+            shape = spec.get(key)
+            if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+                check_size(shape, f"{path}: input {spec.get('name', '')!r} of shape")
 
 
 def replaceable(dest: Path) -> None:

@@ -16,8 +16,8 @@ import numpy as np
 from edge.tensors import judged_as
 
 RANDOM_WEIGHTS_NOTE = ("random weights: every output is judged as a dense output (cosine, SQNR, relative "
-                       "max-abs); top-1 agreement between the logits of a network that knows nothing is noise, "
-                       "so it is reported, not judged")
+                       "max-abs; int8 by the precision's random-weights budget); top-1 agreement between the "
+                       "logits of a network that knows nothing is noise, so it is reported, not judged")
 
 
 @dataclass
@@ -73,7 +73,11 @@ class ParityReport:
 
 
 def _round(v):
-    return float(f"{float(v):.6g}") if isinstance(v, (float, np.floating)) else v
+    """A figure for JSON: 6 significant digits; null where it is not finite (the SQNR of an output
+    the artifact reproduces exactly is infinite), since JSON has no infinity or NaN."""
+    if isinstance(v, (float, np.floating)):
+        return float(f"{float(v):.6g}") if np.isfinite(v) else None
+    return v
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -195,13 +199,15 @@ def _judge(o: OutputReport, precision: str) -> None:
 
 
 def budget_for(spec, output, precision: str, overrides: dict, random_weights: bool) -> dict[str, float]:
-    """The budget one output is judged by: its task's (or, with random weights, the dense task's)
-    budget for this precision, the model's overrides, then the user's."""
-    from edge.precisions import RANDOM_WEIGHTS_KEYS
+    """The budget one output is judged by: its task's budget for this precision with the model's
+    overrides (with random weights: the precision's random-weights budget, else the dense task's),
+    then the user's."""
+    from edge.precisions import PRECISIONS, RANDOM_WEIGHTS_KEYS
 
     task = "dense" if random_weights else output.task
     base = {**spec.budget(precision, task)}
     if random_weights:
+        base = dict(PRECISIONS.get(precision).random_weights or base)
         base = {k: v for k, v in base.items() if k in RANDOM_WEIGHTS_KEYS}
     applicable = _keys(judged_as(task), precision)
     return {**base, **{k: v for k, v in overrides.items() if k in applicable}}

@@ -10,9 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge import interrupts
 from edge import manifest as mf
 from edge.config import BuildConfig
-from edge.errors import ParityError, UserError
+from edge.errors import ConversionError, ParityError, UserError
 from edge.stages import STAGES, ArtifactState, BuildState
 from edge.targets import TARGETS, ExportContext
 
@@ -39,8 +40,10 @@ def resolve_targets(names) -> list:
 
 
 def build(config: BuildConfig) -> list[dict]:
-    """Build every target of `config`; returns the manifests. Raises ParityError (after publishing
-    the artifacts that passed, which the message names) when any artifact misses its budget."""
+    """Build every target of `config`; returns the manifests. A target whose conversion fails or
+    whose artifact misses its budget does not stop the others: the artifacts that passed are
+    published, then ConversionError (any conversion failed) or ParityError says which failed and
+    which were published. Bad input (UserError), a full disk or an interrupt stop the build at once."""
     targets = resolve_targets(config.targets)
     for t in targets:
         t.check(config.precision, config.io, config.calib_method)
@@ -64,24 +67,40 @@ def build(config: BuildConfig) -> list[dict]:
                 raise UserError(f"target {target.name} cannot build {state.spec.name} {config.precision}: {why}")
             t0 = time.perf_counter()
             log.info("[%d/%d] %s %s", i, len(targets), target.name, config.precision)
-            for stage in STAGES.in_order("artifact"):
-                if stage.enabled(state, a):
-                    record = stage.run(state, a)
-                    a.records.append({"stage": stage.name, **(record or {})})
+            try:
+                for stage in STAGES.in_order("artifact"):
+                    if stage.enabled(state, a):
+                        record = stage.run(state, a)
+                        a.records.append({"stage": stage.name, **(record or {})})
+                    interrupts.check()  # a Ctrl-C that a library swallowed: nothing is published
+            except ConversionError as e:  # this target failed; the other targets carry on
+                interrupts.check()  # unless Ctrl-C is why
+                a.error = str(e)
+                if len(targets) > 1:
+                    log.warning("%s %s failed: %s", target.name, config.precision, e)
             a.seconds = time.perf_counter() - t0
         for stage in STAGES.in_order("build"):
             _run(stage, state)
+    return _outcome(state)
+
+
+def _outcome(state: BuildState) -> list[dict]:
+    """The published manifests, or the error that names every failure and what was published."""
+    precision = state.config.precision
     published = state.published
-    failures = [f"{a.target.name} {config.precision}: " + "; ".join(a.report.failures)
-                + (f" (best found: {a.fallback['best']})" if a.fallback else "")
+    failures = [f"{a.target.name} {precision}: " + (a.error or "; ".join(a.report.failures)
+                                                     + (f" (best found: {a.fallback['best']})" if a.fallback else ""))
                 for a in state.artifacts if not a.passed]
-    if failures:
-        done = f"; published: {', '.join(m['target'] for m in published)}" if published else "; nothing published"
-        raise ParityError("parity check failed: " + " | ".join(failures) + done)
-    return published
+    if not failures:
+        return published
+    done = f"; published: {', '.join(m['target'] for m in published)}" if published else "; nothing published"
+    if any(a.error for a in state.artifacts):
+        raise ConversionError("build failed: " + " | ".join(failures) + done)
+    raise ParityError("parity check failed: " + " | ".join(failures) + done)
 
 
 def _run(stage, state: BuildState) -> None:
+    interrupts.check()
     if stage.enabled(state):
         record = stage.run(state)
         if stage.scope == "model":

@@ -36,9 +36,13 @@ def bar(items: Iterable[T], desc: str | None, total: int | None = None, unit: st
             yield from t
         return
     start = time.perf_counter()
-    sys.stderr.write(f"edge: {desc}: {total} {unit}s\n")
+    sys.stderr.write(f"edge: {desc}: {total} {_plural(unit)}\n")
     yield from items
     sys.stderr.write(f"edge: {desc}: done in {time.perf_counter() - start:.1f} s\n")
+
+
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
 
 
 @contextmanager
@@ -67,7 +71,7 @@ class Counter:
             self._bar = tqdm(total=total, desc=f"edge: {desc}", unit=unit, leave=False, file=sys.stderr,
                              dynamic_ncols=True)
         elif self.on:
-            sys.stderr.write(f"edge: {desc}: {total} {unit}s\n")
+            sys.stderr.write(f"edge: {desc}: {total} {_plural(unit)}\n")
         self._next_line = max(1, total // 10)
 
     def update(self, done: int, **figures: float) -> None:

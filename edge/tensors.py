@@ -13,6 +13,7 @@ This module imports no torch, so that listing models and targets stays fast.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -23,6 +24,22 @@ FLOAT_DTYPES = ("float32", "float16")
 # dB and the max-abs difference relative to the output's range.
 TASKS = ("classification", "segmentation", "detection", "embedding", "regression", "dense")
 DENSE_TASKS = tuple(t for t in TASKS if t != "classification")
+# The most values one input sample may hold: 2**25 (128 MiB as float32), a 4K RGB image and ten
+# times the largest registered model's input. A build holds about a hundred samples (calibration
+# and check) and each runtime its own copies; a larger input exhausts memory long before it fails
+# in a way that can be reported (the kernel kills the process).
+MAX_INPUT_VALUES = 1 << 25
+
+
+def check_size(shape, what: str) -> None:
+    """UserError when one sample of an input of this shape holds more than MAX_INPUT_VALUES."""
+    from edge.errors import UserError
+
+    n = math.prod(int(d) for d in shape)
+    if n > MAX_INPUT_VALUES:
+        raise UserError(f"{what} {','.join(map(str, shape))} is {n:.3g} values per sample "
+                        f"({n * 4 / 2**30:.3g} GiB as float32); edge takes inputs up to {MAX_INPUT_VALUES:,} values "
+                        f"({MAX_INPUT_VALUES * 4 >> 20} MiB): is it the shape you meant?")
 
 
 def judged_as(task: str) -> str:

@@ -25,9 +25,11 @@ import torch.nn as nn
 
 from edge.errors import UserError
 from edge.models.spec import IMAGENET, MODELS, ModelSpec
-from edge.tensors import DTYPES, TASKS, Image, InputSpec, Mask, OutputSpec, Preprocess, Range, Tokens
+from edge.tensors import DTYPES, TASKS, Image, InputSpec, Mask, OutputSpec, Preprocess, Range, Tokens, check_size
 
 RANDOM_SEED = 0
+RANDOM_WEIGHTS_HINT = ("--weights random: the artifact's size, speed, conversion and agreement with the PyTorch model "
+                       "(cosine, SQNR) are real; its accuracy is not, and nothing about accuracy can be checked")
 
 
 def is_custom(name: str) -> bool:
@@ -63,6 +65,7 @@ def _shapes(input_shape) -> tuple[tuple[int, ...], ...]:
         if s[0] != 1:
             raise UserError(f"--input-shape {','.join(map(str, s))}: the batch dimension must be 1 "
                             "(edge's artifacts run one sample at a time)")
+        check_size(s, "--input-shape")
     return shapes
 
 
@@ -330,10 +333,9 @@ def _imagenet_path(spec: ModelSpec) -> str:
         except Exception as e:
             reason = e.__class__.__name__
             raise UserError(f"{spec.name} ImageNet weights are not in the local cache and cannot be downloaded "
-                            f"({reason}); use --weights PATH, or --weights random (size, speed and conversion "
-                            "are real with random weights; accuracy is not)") from None
+                            f"({reason}); use --weights PATH, or {RANDOM_WEIGHTS_HINT}") from None
     raise UserError(f"{spec.name} ImageNet weights are not installed ({spec.weights.description}); "
-                    f"or use --weights PATH or --weights random")
+                    f"use --weights PATH, or {RANDOM_WEIGHTS_HINT}")
 
 
 def load_model(spec: ModelSpec, weights: str = "imagenet", input_size=None) -> nn.Module:

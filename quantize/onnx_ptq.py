@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edge.errors import ConversionError, UserError, require
+from edge.errors import ConversionError, UserError, require, write_failure
 from edge.quantize.base import Quantizer, register_quantizer
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -71,6 +71,8 @@ def _one_line(fp32_path: Path):
     except (UserError, ConversionError):
         raise
     except Exception as e:  # onnx / onnxruntime raise many types; the CLI wants one line
+        if write_failure(e):
+            raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConversionError(f"int8 quantization of {fp32_path.name} failed: {first}") from e
 
@@ -196,6 +198,13 @@ def _count(calib) -> int:
 
 def _batches(model, calib: dict[str, np.ndarray]):
     """Yield {input: batch} feeds of the model's batch size (1 when dynamic), every input."""
+    batch = _batch_size(model, calib)
+    for i in range(0, _count(calib) - batch + 1, batch):
+        yield {k: np.ascontiguousarray(v[i:i + batch]) for k, v in calib.items()}
+
+
+def _batch_size(model, calib: dict[str, np.ndarray]) -> int:
+    """The model's batch size (1 when dynamic), after checking that the samples fit its inputs."""
     batch = 1
     for inp in model.graph.input:
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
@@ -206,8 +215,7 @@ def _batches(model, calib: dict[str, np.ndarray]):
     n = _count(calib)
     if n < batch:
         raise UserError(f"{n} calibration samples are fewer than the model's batch size {batch}")
-    for i in range(0, n - batch + 1, batch):
-        yield {k: np.ascontiguousarray(v[i:i + batch]) for k, v in calib.items()}
+    return batch
 
 
 def _collect(model, calib: dict[str, np.ndarray], histograms: bool, keep_first: bool = False) -> dict:
@@ -216,6 +224,8 @@ def _collect(model, calib: dict[str, np.ndarray], histograms: bool, keep_first: 
     and with keep_first, "first": {tensor: its values on the first batch}."""
     import onnx
     import onnxruntime as ort
+
+    from edge.progress import bar
 
     dims = {t.name: t.dims for t in model.graph.initializer}
     infos = {v.name: v for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
@@ -233,12 +243,13 @@ def _collect(model, calib: dict[str, np.ndarray], histograms: bool, keep_first: 
     searched = {n.name for n in lins if _search_cost(n, dims[n.input[1]]) <= ROUNDING_BUDGET}
     act, lin, rng = {}, {n.name: {"mean": 0.0, "cov": 0.0, "n": 0} for n in lins}, np.random.default_rng(0)
 
-    def activations():
-        for feed in _batches(model, calib):
+    def activations(desc: str):
+        total = _count(calib) // _batch_size(model, calib)
+        for feed in bar(_batches(model, calib), desc, total=total, unit="batch"):
             yield {**dict(zip(outs, sess.run(outs, feed))), **{k: v for k, v in feed.items() if k in feeds}}
 
     first = {}
-    for count, values in enumerate(activations(), 1):
+    for count, values in enumerate(activations("onnx calibration"), 1):
         if keep_first and count == 1:
             first = values
         for t, v in values.items():
@@ -250,7 +261,7 @@ def _collect(model, calib: dict[str, np.ndarray], histograms: bool, keep_first: 
             for p in _patches(n, x, rng) if n.name in searched else ():  # (groups, fan_in, positions)
                 s["cov"] = s["cov"] + np.matmul(p, p.transpose(0, 2, 1))  # float32 sums are precise enough
                 s["n"] += p.shape[-1]
-    for values in activations() if histograms else ():  # a second pass: the bins need the final min/max
+    for values in activations("onnx calibration, histograms") if histograms else ():  # the bins need the final min/max
         for t, v in values.items():
             s = act[t]
             if s["hi"] > s["lo"]:  # float32 / int32 arithmetic on a strided subsample: this loop dominates

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.errors import ConversionError, UserError
+from edge.errors import ConversionError, UserError, write_failure
 from edge.quantize.base import Quantizer, register_quantizer
 
 if TYPE_CHECKING:
@@ -222,6 +222,8 @@ def _stage(name: str):
     except (UserError, ConversionError):
         raise
     except Exception as e:
+        if write_failure(e):
+            raise
         first = (str(e).strip().splitlines() or [""])[0]
         raise ConversionError(f"int8 {ENGINE} quantization failed in {name}: {type(e).__name__}: {first}") from e
 
@@ -230,9 +232,12 @@ def _calibrate(prepared, calib, batch_size: int) -> None:
     """Run the calibration samples (one array, or one per input in the model's input order) through."""
     import torch
 
+    from edge.progress import bar
+
     arrays = list(calib.values()) if isinstance(calib, dict) else [np.asarray(calib, dtype=np.float32)]
+    n = len(arrays[0])
     with torch.inference_mode():
-        for i in range(0, len(arrays[0]), batch_size):
+        for i in bar(range(0, n, batch_size), "fx calibration", total=-(-n // batch_size), unit="batch"):
             prepared(*[torch.from_numpy(np.ascontiguousarray(a[i:i + batch_size])) for a in arrays])
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConversionError, UserError, require
+from edge.errors import ConversionError, UserError, require, write_failure
 from edge.runner import Runner
 from edge.targets.base import ExportContext, Exported, Target, io_specs, pkg_version, register_target
 from edge.tensors import TensorSpec
@@ -26,6 +26,8 @@ def export_onnx(ctx: ExportContext, path: Path) -> Path:
                           input_names=[i.name for i in ctx.spec.inputs],
                           output_names=[o.name for o in ctx.spec.outputs], opset_version=ctx.opset)
     except Exception as e:
+        if write_failure(e):
+            raise
         raise ConversionError(f"torch.onnx.export failed: {e.__class__.__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
     _simplify(path)

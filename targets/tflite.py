@@ -11,9 +11,11 @@ which keeps TensorFlow's threads and memory out of the build process, in a scrat
 holds the sample file onnx2tf would otherwise download, so it runs offline."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,8 +199,6 @@ class TFLite(Target):
 def _conversion_error(log: str) -> Exception:
     """The converter's failure in one line: the last exception it raised (and the ONNX op, when
     onnx2tf names the op that raised it), without colour codes."""
-    import re
-
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in log.splitlines()]
     lines = [ln for ln in lines if ln]
     if any("No space left on device" in ln for ln in lines):
@@ -271,14 +271,22 @@ def _write_sample(work: Path, ctx: ExportContext) -> None:
 
     image = ctx.spec.image
     if image is None:
-        np.save(work / ONNX2TF_SAMPLE, np.zeros((20, 128, 128, 3), np.float32))
+        _save_npy(work / ONNX2TF_SAMPLE, np.zeros((20, 128, 128, 3), np.float32))
         return
     src = ctx.calib.arrays[image.name] if ctx.calib is not None else ctx.example[image.name]
     x = src[np.arange(20) % len(src)].transpose(0, 2, 3, 1)
     x = (x - x.min()) / max(float(x.max() - x.min()), 1e-6)
     t = F.interpolate(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), size=(128, 128),
                       mode="bilinear", align_corners=False)
-    np.save(work / ONNX2TF_SAMPLE, t.numpy().transpose(0, 2, 3, 1).astype(np.float32))
+    _save_npy(work / ONNX2TF_SAMPLE, t.numpy().transpose(0, 2, 3, 1).astype(np.float32))
+
+
+def _save_npy(path: Path, a: np.ndarray) -> None:
+    """np.save through Python's file writing: numpy's own (tofile) reports a full disk as an OSError
+    without an errno ("problem writing element"), which cannot be told from other failures."""
+    buf = io.BytesIO()
+    np.save(buf, a)
+    path.write_bytes(buf.getvalue())
 
 
 # ---------------------------------------------------------------- the conversion process

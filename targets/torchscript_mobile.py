@@ -73,11 +73,14 @@ class TorchScriptMobile(Target):
             else:
                 with torch.no_grad():
                     traced = torch.jit.trace(ctx.model, example)
-            traced._save_for_lite_interpreter(str(out))
+            # Serialised in memory and written by Python: torch's own file writer aborts the process
+            # (a C++ exception it cannot pass on) when the disk fills up; this raises OSError.
+            data = traced._save_to_buffer_for_lite_interpreter()
         except ConversionError:
             raise
         except Exception as e:
             raise ConversionError(f"TorchScript export failed: {e.__class__.__name__}: {_first(e)}") from e
+        out.write_bytes(data)
         return Exported(out, ctx.model_inputs(), ctx.model_outputs(), details)
 
     def load(self, path: Path, manifest: dict | None = None, threads: int | None = None) -> LiteRunner:

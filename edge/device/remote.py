@@ -103,11 +103,18 @@ class SSHDevice:
     @classmethod
     def from_url(cls, url: str, python: str = "python3", options: tuple[str, ...] = (),
                  key: str | None = None) -> SSHDevice:
-        u = urlsplit(url)
+        try:
+            u = urlsplit(url)
+        except ValueError as e:  # "Invalid IPv6 URL": an unclosed [
+            raise UserError(f"--device {url} is not of the form ssh://user@host[:port] ({e})") from None
         try:
             port = u.port
         except ValueError:
-            raise UserError(f"--device {url}: the port is not a number; use ssh://user@host[:port]") from None
+            raise UserError(f"--device {url}: the port is not a number from 1 to 65535; use "
+                            "ssh://user@host[:port]") from None
+        if port == 0:
+            raise UserError(f"--device {url}: port 0 is not a port ssh can connect to; use 1 to 65535, or leave "
+                            "it out for 22")
         if not u.hostname or u.path not in ("", "/") or u.query or u.password:
             raise UserError(f"--device {url} is not of the form ssh://user@host[:port]")
         if shutil.which("ssh") is None:
@@ -157,9 +164,10 @@ class SSHDevice:
         last = lines[-1] if lines else f"exit code {code}"
         where = f"{self.label}"
         if code == SSH_FAILED:
+            port = ["-p", str(self.port)] if self.port else []
+            try_ = shlex.join(["ssh", *port, f"{self.user + '@' if self.user else ''}{self.host}", "true"])
             return EdgeError(f"cannot reach {where}: {last.removeprefix('ssh: ')} "
-                             f"(check the host, port, user and key; try: ssh{' -p ' + str(self.port) if self.port else ''}"
-                             f" {self.user + '@' if self.user else ''}{self.host} true)")
+                             f"(check the host, port, user and key; try: {try_})")
         if code == NOT_FOUND:
             return UserError(f"{where}: {self.python} not found on the device; pass --device-python PATH")
         if code == NO_TMP:

@@ -118,10 +118,11 @@ class ArtifactState:
     fallback: dict | None = None
     seconds: float = 0.0
     records: list[dict] = field(default_factory=list)
+    error: str | None = None  # why its conversion failed (the other targets carry on)
 
     @property
     def passed(self) -> bool:
-        return self.report is not None and self.report.passed
+        return self.error is None and self.report is not None and self.report.passed
 
 
 @dataclass
