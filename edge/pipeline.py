@@ -15,7 +15,7 @@ from edge import manifest as mf
 from edge.config import BuildConfig
 from edge.errors import ConversionError, ParityError, UserError
 from edge.stages import STAGES, ArtifactState, BuildState
-from edge.targets import TARGETS, ExportContext
+from edge.targets import TARGETS
 
 log = logging.getLogger("edge")
 
@@ -57,8 +57,6 @@ def build(config: BuildConfig) -> list[dict]:
         state.staging = Path(staging).resolve()  # exporters may run tools in other working folders
         for stage in STAGES.in_order("model"):
             _run(stage, state)
-            if stage.name == "load":
-                _context(state, targets)
         for i, target in enumerate(targets, 1):
             a = ArtifactState(target, state.staging / f"{state.spec.name}.{config.precision}{target.suffix}")
             state.artifacts.append(a)
@@ -109,13 +107,6 @@ def _run(stage, state: BuildState) -> None:
 
 def _settings(stage, state: BuildState) -> dict:
     return {"config": state.config.stage(stage.name).to_json()} if stage.Config else {}
-
-
-def _context(state: BuildState, targets) -> None:
-    """The export context every target shares, once the model and the samples are loaded."""
-    cfg = state.config
-    state.ctx = ExportContext(state.model, state.spec, state.staging, example=state.check.samples.head(1).arrays,
-                              calib=state.calib, calib_method=cfg.calib_method, io=cfg.io, opset=cfg.opset)
 
 
 def _remove_stale_staging(out: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.stages.base import BuildState, Check, Stage, register_stage
+from edge.targets.base import ExportContext
 
 log = logging.getLogger("edge")
 SMALL_CHECK = 50  # fewer held-out samples than this: say that --eval would check accuracy
@@ -55,6 +56,9 @@ class Load(Stage):
             state.inputs_record["model_file"] = {"path": str(path), "sha256": file_sha256(path)}
         if cfg.weights not in ("imagenet", "random"):
             state.inputs_record["weights_sha256"] = file_sha256(cfg.weights)
+        # what every target's export shares: the network, one real sample to trace with, the calibration set
+        state.ctx = ExportContext(model, spec, state.staging, example=samples.head(1).arrays, calib=calib,
+                                  calib_method=cfg.calib_method, io=cfg.io, opset=cfg.opset)
         return {"model": spec.name, "weights": cfg.weights, "inputs": [i.to_json() for i in spec.inputs],
                 "outputs": [o.to_json() for o in spec.outputs], "check_samples": len(samples),
                 "calibration_samples": len(calib) if calib is not None else 0}
