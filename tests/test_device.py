@@ -39,7 +39,7 @@ def builds(tmp_path_factory) -> dict[str, Path]:
     edge.build(model="tiny", target="all", precision="fp32", weights="random", out=str(base / "fp32"))
     edge.build(model="tiny", target="tflite", precision="int8", io="int8", weights="random", out=str(base / "int8"))
     return {"onnx": base / "fp32/onnx", "tflite": base / "fp32/tflite", "ptl": base / "fp32/torchscript-mobile",
-            "tflite-int8": base / "int8"}
+            "tflite-int8": base / "int8" / "tflite"}
 
 
 def artifact_in(folder: Path) -> Path:

@@ -18,6 +18,7 @@ from edge.pipeline import build
 from edge.verification import verify
 from edge.quantize import qat
 from edge.quantize.calibration import calibration_and_parity
+from edge.quantize.torch_ptq import FxPrepared, FxQnnpack
 from edge.targets import TARGETS
 
 from test_errors import fail
@@ -55,7 +56,7 @@ def test_fine_tune_freezes_late_and_the_ptl_keeps_the_learned_ranges(tiny):
     bns = [m for m in r.prepared.modules() if hasattr(m, "freeze_bn")]
     assert bns and all(m.freeze_bn for m in bns)
     x = torch.from_numpy(par.x)
-    traced, info = qat.to_lite(r.prepared, torch.zeros(SHAPE))
+    traced, info = FxQnnpack().convert(FxPrepared(r.prepared, "qat", qat=True), torch.zeros(SHAPE))
     with torch.no_grad():
         fake, flt, ref = r.prepared(x), r.float_model(x), model(x)
         lite = torch.cat([traced(x[i:i + 1]) for i in range(len(x))])
@@ -84,7 +85,7 @@ def test_training_starts_from_the_ptq_ranges(tiny):
     assert not np.allclose(scales[None], ptq_scales, rtol=1e-2)
     r = qat.fine_tune(model, torch.zeros(SHAPE), data, max_steps=1, lr=0.0, holdout=0)
     assert r.record["holdout"] is None and r.record["range_init"].startswith("histogram")
-    qat_ptl, _ = qat.to_lite(r.prepared, torch.zeros(SHAPE))
+    qat_ptl, _ = FxQnnpack().convert(FxPrepared(r.prepared, "qat", qat=True), torch.zeros(SHAPE))
     ptq_ptl, _ = torch_ptq.to_lite(ptq, torch.zeros(SHAPE))
     x = torch.from_numpy(par.x)
     with torch.no_grad():
