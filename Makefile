@@ -47,7 +47,8 @@ runner-venvs: $(addsuffix /.installed,$(RUNNER_VENVS))
 test: setup sysdeps runner-venvs
 	$(BIN)/python -m pytest -q -m "not slow and not pi_emu"
 
-# Real-model checks on ../shared/data (EfficientNet-Lite0 int8 accuracy on every target).
+# Real-model checks on ../shared/data (EfficientNet-Lite0 int8 accuracy on every target) and the
+# larger cells of the build matrix (tests/test_matrix.py says which).
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 

@@ -19,8 +19,25 @@ from conftest import offline_weights, small_shape
 UNSUPPORTED = {(t.name, p): t.unsupported.get(p, "not implemented")
                for t in TARGETS for p in PRECISIONS if p not in t.precisions}
 
-CASES = [pytest.param(m, t, p, id=f"{m}-{t}-{p}",
-                      marks=[pytest.mark.skip(reason=UNSUPPORTED[(t, p)])] if (t, p) in UNSUPPORTED else [])
+# The default run (under 30 minutes on 2 cores) builds every model in int8 on every target, and
+# every precision of the small models everywhere; the rest runs under `slow` (`make test-slow`).
+# TFLite dominates (onnx2tf: 50-150 s a cell for the larger image models, measured with
+# `pytest --durations=0`), so its fp32/fp16 cells of those models are slow, and so are the cells
+# of the three largest networks, whose operators their smaller siblings already cover
+# (resnet18_cifar/resnet18 share one architecture; mobilenet_v3_large is mobilenet_v3_small's).
+SLOW_MODELS = {"resnet18", "resnet18_cifar", "mobilenet_v3_large"}
+SMALL_MODELS = {"tiny", "digits_cnn", "tc_resnet8_kws", "text_transformer"}
+
+
+def _marks(m: str, t: str, p: str) -> list:
+    if (t, p) in UNSUPPORTED:
+        return [pytest.mark.skip(reason=UNSUPPORTED[(t, p)])]
+    if m in SLOW_MODELS or (t == "tflite" and p != "int8" and m not in SMALL_MODELS):
+        return [pytest.mark.slow]
+    return []
+
+
+CASES = [pytest.param(m, t, p, id=f"{m}-{t}-{p}", marks=_marks(m, t, p))
          for m in MODELS.names() for t in TARGETS.names() for p in PRECISIONS]
 
 # The int8 cells of the matrix are judged on output cosine only. At the matrix's small inputs
