@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from edge.quantize import qat
-    from edge.quantize.torch_ptq import quantize_torch
+    from edge.quantize.torch_ptq import quantize_torch, to_lite
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="edge-qat-pt-"))
@@ -53,7 +53,7 @@ def main() -> None:
         ptq, _ = quantize_torch(model, example, calib, per_channel=per_channel)
         r = qat.fine_tune(model, example, qat.TrainSet({"input": calib}, None, "250 unlabelled photos", "input"), epochs=args.epochs,
                           lr=args.lr, per_channel=per_channel)
-        qtraced, _ = qat.to_lite(r.prepared, example)
+        qtraced, _ = to_lite(r.prepared, example)
         kind = "per-channel" if per_channel else "per-tensor"
         rows.append({"weights": kind, "fp32_top1": fp32, "ptq_top1": top1(ptq, work, f"ptq-{kind}", x, labels),
                      "qat_top1": top1(qtraced, work, f"qat-{kind}", x, labels), "qat_recipe": r.record})

@@ -32,9 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from edge.errors import ConversionError, UserError
+from edge import training
+from edge.errors import UserError
+from edge.training import CROP_SCALE, MOMENTUM, TrainSet
+from edge.training import training_set  # noqa: F401  (where the QAT stage and benchmarks find it)
 
 log = logging.getLogger("edge")
 
@@ -45,49 +47,18 @@ DEFAULT_EPOCHS = 10
 # 1e-3 over ranges alone; lr 1e-2 diverged.)
 DEFAULT_LR = 1e-4
 BATCH_SIZE = 16
-MOMENTUM = 0.9
 FREEZE_AT = 2 / 3  # fraction of the steps after which the observers are frozen
 # Fraction of the steps after which batch norm stops using and updating batch statistics. 0: from
 # the start. Measured on EfficientNet-Lite0 (real weights, 16 photos): batch statistics alone put
 # its output at a KL divergence of 2.55 from the eval-mode output, all of int8 fake quantization
 # at 0.014; with batch statistics, a short fine-tune on a few hundred images chases BN noise.
 FREEZE_BN_AT = 0.0
-CROP_SCALE = (0.8, 1.0)  # random crop side, as a fraction of the input side
 # The activation ranges training starts from: PTQ's own observer on the training samples (what
 # quantize_torch calibrates with), not a moving average of the first batches' min/max.
 RANGE_INIT = "histogram"
 # Fraction of the samples held out to pick the checkpoint: the step (0 included: the PTQ starting
 # point) whose loss on them is lowest. Few hundred images overfit; the held-out loss says when.
 HOLDOUT = 0.2
-MIN_HOLDOUT = 4
-
-
-@dataclass(frozen=True)
-class TrainSet:
-    """Preprocessed training samples (one array per input, in the model's input order), with labels
-    when they are labelled. `image`: the input that gets augmented (None: no augmentation)."""
-
-    arrays: dict[str, np.ndarray]
-    labels: np.ndarray | None
-    source: str
-    image: str | None = None
-
-    @property
-    def x(self) -> np.ndarray:
-        """The samples of a single-input model."""
-        return next(iter(self.arrays.values()))
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batch(self, idx, augment=None) -> tuple:
-        """The tensors of samples `idx`, the image input augmented by `augment(tensor)`."""
-        return tuple(augment(torch.from_numpy(a[idx])) if augment and k == self.image else torch.from_numpy(a[idx])
-                     for k, a in self.arrays.items())
-
-    def take(self, idx) -> "TrainSet":
-        return TrainSet({k: a[idx] for k, a in self.arrays.items()}, None if self.labels is None else self.labels[idx],
-                        self.source, self.image)
 
 
 @dataclass
@@ -96,36 +67,6 @@ class QATResult:
     float_model: nn.Module  # the fine-tuned float network, BN folded, no fake quantization (an FX GraphModule)
     ranges: dict  # float_model node name -> (lo, hi, clamp or None): the learned range of that node's output
     record: dict  # the recipe and its figures, for the manifest
-
-
-def training_set(train: str | None, calib, spec) -> TrainSet:
-    """`--train` data (labelled: an image folder with labels.csv or an ImageFolder tree, or an .npz
-    with one array per input and `labels`), else the calibration samples, unlabelled."""
-    from pathlib import Path
-
-    from edge.data import load_images, load_labelled, load_npz
-
-    image = spec.image.name if spec.image is not None else None
-    if train is None:
-        return TrainSet(dict(calib.arrays), None, f"calibration set ({calib.source}), unlabelled", image)
-    if Path(train).suffix == ".npz":
-        arrays, labels = load_npz(train, spec.inputs, labelled=True)
-        source = f"{train} (labelled, {len(labels)} samples)"
-    else:
-        if image is None or len(spec.inputs) != 1:
-            raise UserError(f"--train {train}: {spec.name}'s input is not one image; pass --train data.npz "
-                            "(one array per input name, and labels)")
-        ds = load_labelled(train, what="--train folder")
-        labels = np.asarray(ds.labels, np.int64)
-        arrays = {image: load_images(ds.paths, spec.image.source.preprocess, progress="loading --train images")}
-        source = f"{train} (labelled, {len(labels)} images)"
-    cls = next((o for o in spec.outputs if o.task == "classification"), None)
-    classes = spec.num_classes if cls is None or cls.shape is None else cls.shape[1]
-    if cls is None:
-        raise UserError(f"--train gives class labels, but {spec.name} has no classification output to train them on")
-    if classes and labels.max() >= classes:
-        raise UserError(f"--train {train} has class index {labels.max()}, but the model has {classes} classes")
-    return TrainSet(arrays, labels.astype(np.int64), source, image)
 
 
 def fine_tune(model: nn.Module, example, data: TrainSet, *, epochs: int = DEFAULT_EPOCHS,
@@ -150,7 +91,7 @@ def fine_tune(model: nn.Module, example, data: TrainSet, *, epochs: int = DEFAUL
     start = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    train, val = _split(data, holdout, rng)
+    train, val = training.split(data, holdout, rng)
     student, clamped = QUANTIZERS.get("fx-qnnpack").prepare_qat(model, example, per_channel=per_channel)
     for m in student.modules():
         if isinstance(m, nn.Dropout):
@@ -162,8 +103,8 @@ def fine_tune(model: nn.Module, example, data: TrainSet, *, epochs: int = DEFAUL
     plan = {"steps": steps, "freeze_step": max(1, round(steps * FREEZE_AT)),
             "bn_stats_freeze_step": round(steps * FREEZE_BN_AT), "check_every": per_epoch}
     teacher = copy.deepcopy(model).eval()
-    losses, checks, best = _train(student, teacher, train, val, plan, lr, batch_size, rng, range_init, monitor,
-                                  tasks)
+    trained = _train(student, teacher, train, val, plan, lr, batch_size, rng, range_init, monitor, tasks)
+    losses, checks, best = trained.losses, trained.checks, trained.best
     if best is not None:
         student.load_state_dict(best[1])
     student.apply(disable_observer)  # a FakeQuantize observes in eval mode too: keep the learned ranges
@@ -190,15 +131,6 @@ def fine_tune(model: nn.Module, example, data: TrainSet, *, epochs: int = DEFAUL
     log.info("qat: %d steps, loss %.4g -> %.4g%s (%.0f s)", steps, record["loss_start"], record["loss_end"],
              f", kept step {best[0]} (held-out loss {checks[str(best[0])]:.4g})" if best else "", record["seconds"])
     return QATResult(student, *float_model(student), record)
-
-
-def _split(data: TrainSet, holdout: float, rng) -> tuple[TrainSet, TrainSet | None]:
-    """Hold out a random `holdout` fraction of the samples to pick the checkpoint with."""
-    n_val = int(round(len(data) * holdout))
-    if holdout <= 0 or n_val < MIN_HOLDOUT or len(data) - n_val < MIN_HOLDOUT:
-        return data, None
-    perm = rng.permutation(len(data))
-    return data.take(np.sort(perm[n_val:])), data.take(np.sort(perm[:n_val]))
 
 
 @torch.no_grad()
@@ -249,78 +181,30 @@ def calibrate_ranges(student: nn.Module, x, method: str, batch_size: int = BATCH
 
 
 def _train(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet | None, plan: dict, lr: float,
-           batch_size: int, rng, range_init: str | None, monitor, tasks: list[str]
-           ) -> tuple[list[float], dict, tuple | None]:
-    """The training loop. Returns the loss of every step, the held-out loss at each checkpoint
-    (every epoch, and step 0), and (step, state_dict) of the checkpoint with the lowest one."""
+           batch_size: int, rng, range_init: str | None, monitor, tasks: list[str]) -> training.Result:
+    """QAT's schedule on the shared trainer: batch norm on its running statistics from
+    `bn_stats_freeze_step`, observers frozen at `freeze_step` (the ranges re-estimated once on the
+    trained weights), held-out losses measured with the observers paused."""
     import torch.ao.nn.intrinsic.qat as nniqat
     from torch.ao.quantization import disable_observer
 
     from edge.quantize.torch_ptq import _quiet_deprecations
 
-    steps = plan["steps"]
-    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=lr, momentum=MOMENTUM)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    from edge.progress import Counter
-
-    losses, checks, best, bar = [], {}, None, Counter(steps, "qat")
-
-    def checkpoint(step: int):
-        nonlocal best
-        if monitor is not None:
-            monitor(step, student)
-        if val is None:
-            return
-        checks[str(step)] = loss = _held_out_loss(student, teacher, val, batch_size, tasks)
-        if step == 0 and not range_init:  # no ranges yet: step 0 is not a model to ship
-            return
-        if best is None or loss < best[2]:
-            best = (step, copy.deepcopy(student.state_dict()), loss)
+    def before_step(step: int) -> None:
+        if step == plan["freeze_step"]:
+            student.apply(disable_observer)
+            if range_init:  # the ranges follow the trained weights once, then stay
+                calibrate_ranges(student, data.arrays, range_init, batch_size)
+        if step == plan["bn_stats_freeze_step"]:
+            student.apply(nniqat.freeze_bn_stats)
 
     with _quiet_deprecations():
         if plan["bn_stats_freeze_step"] == 0:
             student.apply(nniqat.freeze_bn_stats)
-        checkpoint(0)
-        for step, idx in enumerate(_batches(len(data), batch_size, steps, rng)):
-            if step == plan["freeze_step"]:
-                student.apply(disable_observer)
-                if range_init:  # the ranges follow the trained weights once, then stay
-                    calibrate_ranges(student, data.arrays, range_init, batch_size)
-            if step == plan["bn_stats_freeze_step"]:
-                student.apply(nniqat.freeze_bn_stats)
-            x = data.batch(idx, lambda t: _augment(t, rng))
-            with torch.no_grad():
-                target = teacher(*x)
-            loss = _loss(student(*x), target, None if data.labels is None else torch.from_numpy(data.labels[idx]),
-                         tasks)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise ConversionError(f"QAT diverged at step {step + 1} of {steps} (loss {loss.item()}); "
-                                      f"lower --lr (it was {lr:g})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(step + 1, loss=losses[-1])
-            if (step + 1) % plan["check_every"] == 0 or step + 1 == steps:
-                checkpoint(step + 1)
-    bar.close()
-    return losses, checks, (best[0], best[1]) if best else None
-
-
-@torch.no_grad()
-def _held_out_loss(student: nn.Module, teacher: nn.Module, val: TrainSet, batch_size: int,
-                   tasks: list[str] = ("classification",)) -> float:
-    """The training objective on the held-out samples (centre view, no augmentation)."""
-    total = 0.0
-    with evaluating(student):
-        for i in range(0, len(val), batch_size):
-            idx = np.arange(i, min(i + batch_size, len(val)))
-            x = val.batch(idx)
-            labels = None if val.labels is None else torch.from_numpy(val.labels[idx])
-            total += _loss(student(*x), teacher(*x), labels, tasks).item() * len(idx)
-    return float(f"{total / len(val):.5g}")
+        return training.distill(student, teacher, data, val, steps=plan["steps"], check_every=plan["check_every"],
+                                lr=lr, batch_size=batch_size, rng=rng, tasks=tasks, label="qat",
+                                before_step=before_step, measuring=evaluating, monitor=monitor,
+                                step0_is_candidate=bool(range_init))  # no ranges yet: step 0 is not a model to ship
 
 
 @contextmanager
@@ -354,51 +238,8 @@ def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
 
 
 def _restore(modes) -> None:
-    for m, training in modes:
-        m.training = training
-
-
-def _batches(n: int, batch_size: int, steps: int, rng):
-    """Indices of `steps` batches, epoch after epoch, each epoch a fresh permutation."""
-    done = 0
-    while True:
-        perm = rng.permutation(n)
-        for i in range(0, n, batch_size):
-            if done == steps:
-                return
-            yield np.sort(perm[i:i + batch_size])
-            done += 1
-
-
-def _augment(x: torch.Tensor, rng) -> torch.Tensor:
-    """Per sample: a random square crop of CROP_SCALE of the side, resized back, and a random flip."""
-    h, w = x.shape[2:]
-    out = []
-    for sample in x:
-        s = int(round(min(h, w) * rng.uniform(*CROP_SCALE)))
-        top, left = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
-        crop = sample[None, :, top:top + s, left:left + s]
-        if s != h or s != w:
-            crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
-        out.append(crop.flip(3) if rng.random() < 0.5 else crop)
-    return torch.cat(out)
-
-
-def _loss(student, teacher, labels: torch.Tensor | None, tasks=("classification",)) -> torch.Tensor:
-    """Distillation per output (classification: KL divergence between the softmaxes; dense: squared
-    error relative to the teacher's energy), plus cross-entropy on the labels for the first
-    classification output."""
-    from edge.models.loading import output_list
-
-    total, labelled = 0.0, labels is None
-    for s, t, task in zip(output_list(student), output_list(teacher), tasks):
-        if task == "classification":
-            total = total + F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
-            if not labelled:
-                total, labelled = total + F.cross_entropy(s, labels), True
-        else:
-            total = total + ((s - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-12)
-    return total
+    for m, was_training in modes:
+        m.training = was_training
 
 
 def float_model(prepared: nn.Module) -> tuple[nn.Module, dict]:

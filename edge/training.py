@@ -1,0 +1,228 @@
+"""The shared trainer: a student network learns from a teacher (its fp32 original) and, when the
+data are labelled, from the labels. QAT uses it today (edge.quantize.qat); fine-tuning, pruning
+recovery and distillation stages are meant to call the same `distill` with their own student.
+
+* `TrainSet` / `training_set`: the samples (one array per input), from `--train` or, unlabelled,
+  from the calibration set.
+* `distill`: SGD with momentum and a cosine decay over a fixed number of steps, light image
+  augmentation (a random crop of 80-100% of the side, resized back, and a random flip), a
+  held-out checkpoint pick, and hooks for what a stage does at given steps (QAT freezes its
+  observers and batch-norm statistics).
+* `loss`: per output, classification by KL divergence between the softmaxes (plus cross-entropy on
+  the labels for the first classification output), dense outputs by squared error relative to
+  the teacher's energy.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edge.errors import ConversionError, UserError
+
+MOMENTUM = 0.9
+CROP_SCALE = (0.8, 1.0)  # random crop side, as a fraction of the input side
+MIN_HOLDOUT = 4
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """Preprocessed training samples (one array per input, in the model's input order), with labels
+    when they are labelled. `image`: the input that gets augmented (None: no augmentation)."""
+
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    source: str
+    image: str | None = None
+
+    @property
+    def x(self) -> np.ndarray:
+        """The samples of a single-input model."""
+        return next(iter(self.arrays.values()))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, idx, augment=None) -> tuple:
+        """The tensors of samples `idx`, the image input augmented by `augment(tensor)`."""
+        return tuple(augment(torch.from_numpy(a[idx])) if augment and k == self.image else torch.from_numpy(a[idx])
+                     for k, a in self.arrays.items())
+
+    def take(self, idx) -> "TrainSet":
+        return TrainSet({k: a[idx] for k, a in self.arrays.items()}, None if self.labels is None else self.labels[idx],
+                        self.source, self.image)
+
+
+def training_set(train: str | None, calib, spec) -> TrainSet:
+    """`--train` data (labelled: an image folder with labels.csv or an ImageFolder tree, or an .npz
+    with one array per input and `labels`), else the calibration samples, unlabelled."""
+    from pathlib import Path
+
+    from edge.data import load_images, load_labelled, load_npz
+
+    image = spec.image.name if spec.image is not None else None
+    if train is None:
+        return TrainSet(dict(calib.arrays), None, f"calibration set ({calib.source}), unlabelled", image)
+    if Path(train).suffix == ".npz":
+        arrays, labels = load_npz(train, spec.inputs, labelled=True)
+        source = f"{train} (labelled, {len(labels)} samples)"
+    else:
+        if image is None or len(spec.inputs) != 1:
+            raise UserError(f"--train {train}: {spec.name}'s input is not one image; pass --train data.npz "
+                            "(one array per input name, and labels)")
+        ds = load_labelled(train, what="--train folder")
+        labels = np.asarray(ds.labels, np.int64)
+        arrays = {image: load_images(ds.paths, spec.image.source.preprocess, progress="loading --train images")}
+        source = f"{train} (labelled, {len(labels)} images)"
+    cls = next((o for o in spec.outputs if o.task == "classification"), None)
+    classes = spec.num_classes if cls is None or cls.shape is None else cls.shape[1]
+    if cls is None:
+        raise UserError(f"--train gives class labels, but {spec.name} has no classification output to train them on")
+    if classes and labels.max() >= classes:
+        raise UserError(f"--train {train} has class index {labels.max()}, but the model has {classes} classes")
+    return TrainSet(arrays, labels.astype(np.int64), source, image)
+
+
+def split(data: TrainSet, holdout: float, rng) -> tuple[TrainSet, TrainSet | None]:
+    """Hold out a random `holdout` fraction of the samples to pick the checkpoint with (None when
+    either part would have fewer than MIN_HOLDOUT samples)."""
+    n_val = int(round(len(data) * holdout))
+    if holdout <= 0 or n_val < MIN_HOLDOUT or len(data) - n_val < MIN_HOLDOUT:
+        return data, None
+    perm = rng.permutation(len(data))
+    return data.take(np.sort(perm[n_val:])), data.take(np.sort(perm[:n_val]))
+
+
+@dataclass
+class Result:
+    losses: list[float]  # the training loss of every step
+    checks: dict[str, float]  # held-out loss at each checkpoint (step 0, every `check_every` steps, the last)
+    best: tuple[int, dict] | None  # (step, state_dict) of the checkpoint with the lowest held-out loss
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet | None, *, steps: int,
+            check_every: int, lr: float, batch_size: int, rng, tasks=("classification",), label: str = "train",
+            before_step: Callable[[int], None] | None = None, measuring: Callable | None = None,
+            monitor: Callable | None = None, step0_is_candidate: bool = True) -> Result:
+    """Train `student` (in place) for `steps` batches against `teacher`'s outputs and `data`'s labels.
+    before_step(step) runs before each step (a stage's schedule); measuring(student) is the context
+    the held-out loss is computed in (default: eval mode, restored after); monitor(step, student) is
+    called at every checkpoint. `rng`: numpy Generator for batches and augmentation."""
+    from edge.progress import Counter
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    r, bar = Result([], {}, None), Counter(steps, label)
+    best_loss = None
+
+    def checkpoint(step: int):
+        nonlocal best_loss
+        if monitor is not None:
+            monitor(step, student)
+        if val is None:
+            return
+        r.checks[str(step)] = loss = held_out_loss(student, teacher, val, batch_size, tasks, measuring)
+        if step == 0 and not step0_is_candidate:
+            return
+        if best_loss is None or loss < best_loss:
+            r.best, best_loss = (step, copy.deepcopy(student.state_dict())), loss
+
+    checkpoint(0)
+    for step, idx in enumerate(batches(len(data), batch_size, steps, rng)):
+        if before_step is not None:
+            before_step(step)
+        x = data.batch(idx, lambda t: augment(t, rng))
+        with torch.no_grad():
+            target = teacher(*x)
+        value = loss(student(*x), target, None if data.labels is None else torch.from_numpy(data.labels[idx]), tasks)
+        if not torch.isfinite(value):
+            bar.close()
+            raise ConversionError(f"training ({label}) diverged at step {step + 1} of {steps} (loss {value.item()}); "
+                                  f"lower --lr (it was {lr:g})")
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        sched.step()
+        r.losses.append(value.item())
+        bar.update(step + 1, loss=r.losses[-1])
+        if (step + 1) % check_every == 0 or step + 1 == steps:
+            checkpoint(step + 1)
+    bar.close()
+    return r
+
+
+@torch.no_grad()
+def held_out_loss(student: nn.Module, teacher: nn.Module, val: TrainSet, batch_size: int,
+                  tasks=("classification",), measuring: Callable | None = None) -> float:
+    """The training objective on the held-out samples (centre view, no augmentation)."""
+    total = 0.0
+    with (measuring or _eval_mode)(student):
+        for i in range(0, len(val), batch_size):
+            idx = np.arange(i, min(i + batch_size, len(val)))
+            x = val.batch(idx)
+            labels = None if val.labels is None else torch.from_numpy(val.labels[idx])
+            total += loss(student(*x), teacher(*x), labels, tasks).item() * len(idx)
+    return float(f"{total / len(val):.5g}")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """`model` in eval mode, every module's train/eval flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def batches(n: int, batch_size: int, steps: int, rng):
+    """Indices of `steps` batches, epoch after epoch, each epoch a fresh permutation."""
+    done = 0
+    while True:
+        perm = rng.permutation(n)
+        for i in range(0, n, batch_size):
+            if done == steps:
+                return
+            yield np.sort(perm[i:i + batch_size])
+            done += 1
+
+
+def augment(x: torch.Tensor, rng) -> torch.Tensor:
+    """Per sample: a random square crop of CROP_SCALE of the side, resized back, and a random flip."""
+    h, w = x.shape[2:]
+    out = []
+    for sample in x:
+        s = int(round(min(h, w) * rng.uniform(*CROP_SCALE)))
+        top, left = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+        crop = sample[None, :, top:top + s, left:left + s]
+        if s != h or s != w:
+            crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+        out.append(crop.flip(3) if rng.random() < 0.5 else crop)
+    return torch.cat(out)
+
+
+def loss(student, teacher, labels: torch.Tensor | None, tasks=("classification",)) -> torch.Tensor:
+    """Distillation per output (classification: KL divergence between the softmaxes; dense: squared
+    error relative to the teacher's energy), plus cross-entropy on the labels for the first
+    classification output."""
+    from edge.models.loading import output_list
+
+    total, labelled = 0.0, labels is None
+    for s, t, task in zip(output_list(student), output_list(teacher), tasks):
+        if task == "classification":
+            total = total + F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
+            if not labelled:
+                total, labelled = total + F.cross_entropy(s, labels), True
+        else:
+            total = total + ((s - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-12)
+    return total
