@@ -580,7 +580,10 @@ def test_ctrl_c_during_quantization_is_interrupted_not_a_failure(target, delay, 
     out = tmp_path / "out"
     proc = subprocess.Popen([*EDGE, "build", *TINY, "--target", target, "--int8", "--calib", str(calib),
                              "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as from a terminal: a runner started in the background (`cmd &` in a script)
+                            # passes SIGINT on ignored, and Python then never sees Ctrl-C at all
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stderr:  # wait until the target's int8 stages begin
         lines.append(line)
