@@ -282,12 +282,12 @@ def check_parity(host: np.ndarray, emulated: np.ndarray, m: dict, source: str) -
     """The emulated output against the host's, within the artifact's own parity budget (the
     one its build passed; without a manifest, the fp32 budget's cosine): ParityError if not."""
     from edge.parity import compare
-    from edge.models.spec import DEFAULT_BUDGETS
+    from edge.precisions import PRECISIONS
 
     precision = m.get("precision", "fp32")
-    budget = dict((m.get("parity") or {}).get("budget") or DEFAULT_BUDGETS[precision])
+    budget = dict((m.get("parity") or {}).get("budget") or PRECISIONS.get(precision).budget("classification"))
     if not m:
-        budget = {"min_cosine": DEFAULT_BUDGETS["fp32"]["min_cosine"]}
+        budget = {"min_cosine": PRECISIONS.get("fp32").budget("classification")["min_cosine"]}
     budget.pop("max_top1_drop", None)  # no labels here
     report = compare(host.reshape(len(host), -1), emulated.reshape(len(emulated), -1), precision, budget,
                      f"{source}: pi-emu against the host")
