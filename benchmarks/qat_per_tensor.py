@@ -40,6 +40,7 @@ def main() -> None:
     env = environment(args.threads)  # at the start: the commit that actually runs
     import torch
 
+    from edge import training
     from edge.quantize import qat
     from edge.quantize.torch_ptq import quantize_torch, to_lite
 
@@ -51,7 +52,7 @@ def main() -> None:
     rows = []
     for per_channel in (False,):  # per-channel: benchmarks/qat_int8.py
         ptq, _ = quantize_torch(model, example, calib, per_channel=per_channel)
-        r = qat.fine_tune(model, example, qat.TrainSet({"input": calib}, None, "250 unlabelled photos", "input"), epochs=args.epochs,
+        r = qat.fine_tune(model, example, training.TrainSet({"input": calib}, None, "250 unlabelled photos", "input"), epochs=args.epochs,
                           lr=args.lr, per_channel=per_channel)
         qtraced, _ = to_lite(r.prepared, example)
         kind = "per-channel" if per_channel else "per-tensor"

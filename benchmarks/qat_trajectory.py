@@ -31,6 +31,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from edge import training
     from edge.quantize import qat
 
     torch.set_num_threads(args.threads)
@@ -53,7 +54,7 @@ def main() -> None:
     opts = {"range_init": None if args.range_init == "none" else args.range_init}
     if args.holdout is not None:
         opts["holdout"] = args.holdout
-    r = qat.fine_tune(model, torch.zeros(1, 3, 224, 224), qat.TrainSet({"input": calib}, None, "250 unlabelled photos", "input"),
+    r = qat.fine_tune(model, torch.zeros(1, 3, 224, 224), training.TrainSet({"input": calib}, None, "250 unlabelled photos", "input"),
                       epochs=args.epochs, lr=args.lr, monitor=monitor, **opts)
     held = (r.record.get("holdout") or {}).get("loss_by_step", {})
     for row in rows:

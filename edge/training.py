@@ -173,16 +173,26 @@ def held_out_loss(student: nn.Module, teacher: nn.Module, val: TrainSet, batch_s
     return float(f"{total / len(val):.5g}")
 
 
+def modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every module's train/eval flag, to put back with `restore` (model.train() would also undo a
+    stage's choices, such as dropout kept in eval mode)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore(saved: list[tuple[nn.Module, bool]]) -> None:
+    for m, was_training in saved:
+        m.training = was_training
+
+
 @contextmanager
 def _eval_mode(model: nn.Module):
     """`model` in eval mode, every module's train/eval flag restored after."""
-    modes = [(m, m.training) for m in model.modules()]
+    saved = modes(model)
     model.eval()
     try:
         yield model
     finally:
-        for m, training in modes:
-            m.training = training
+        restore(saved)
 
 
 def batches(n: int, batch_size: int, steps: int, rng):

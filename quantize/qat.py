@@ -36,7 +36,6 @@ import torch.nn as nn
 from edge import training
 from edge.errors import UserError
 from edge.training import CROP_SCALE, MOMENTUM, TrainSet
-from edge.training import training_set  # noqa: F401  (where the QAT stage and benchmarks find it)
 
 log = logging.getLogger("edge")
 
@@ -152,7 +151,7 @@ def calibrate_ranges(student: nn.Module, x, method: str, batch_size: int = BATCH
         obs.clamp = inner.clamp if inner is not None else None
         hooks.append(fq.register_forward_pre_hook(lambda _m, args, o=obs: o(args[0])))
     state = {name: (int(m.observer_enabled[0]), int(m.fake_quant_enabled[0])) for name, m in fqs.items()}
-    modes = _modes(student)
+    modes = training.modes(student)
     student.eval()
     try:
         for m in fqs.values():
@@ -168,7 +167,7 @@ def calibrate_ranges(student: nn.Module, x, method: str, batch_size: int = BATCH
         for name, m in fqs.items():
             m.enable_observer(bool(state[name][0]))
             m.enable_fake_quant(bool(state[name][1]))
-        _restore(modes)
+        training.restore(modes)
     for name, fq in acts.items():
         scale, zp = observers[name].calculate_qparams()
         fq.scale.resize_(scale.shape).copy_(scale)
@@ -213,7 +212,7 @@ def evaluating(student: nn.Module):
     the weights), for a measurement in the middle of training; every flag is restored after."""
     fqs = list(_activation_fqs(student).values())
     enabled = [int(m.observer_enabled[0]) for m in fqs]
-    modes = _modes(student)
+    modes = training.modes(student)
     student.eval()
     for m in fqs:
         m.disable_observer()
@@ -222,7 +221,7 @@ def evaluating(student: nn.Module):
     finally:
         for m, on in zip(fqs, enabled):
             m.enable_observer(bool(on))
-        _restore(modes)
+        training.restore(modes)
 
 
 def _activation_fqs(student: nn.Module) -> dict:
@@ -230,16 +229,6 @@ def _activation_fqs(student: nn.Module) -> dict:
 
     return {name: m for name, m in student.named_modules()
             if isinstance(m, FakeQuantizeBase) and not name.endswith("weight_fake_quant")}
-
-
-def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Every module's train/eval flag (dropout stays in eval during QAT: model.train() would undo it)."""
-    return [(m, m.training) for m in model.modules()]
-
-
-def _restore(modes) -> None:
-    for m, was_training in modes:
-        m.training = was_training
 
 
 def float_model(prepared: nn.Module) -> tuple[nn.Module, dict]:

@@ -16,6 +16,7 @@ from edge.errors import UserError
 from edge.models import MODELS, load_model
 from edge.pipeline import build
 from edge.verification import verify
+from edge import training
 from edge.quantize import qat
 from edge.quantize.calibration import calibration_and_parity
 from edge.quantize.torch_ptq import FxPrepared, FxQnnpack
@@ -42,7 +43,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_fine_tune_freezes_late_and_the_ptl_keeps_the_learned_ranges(tiny):
     spec, model, cal, par = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    r = qat.fine_tune(model, torch.zeros(SHAPE), qat.training_set(None, cal, spec),
+    r = qat.fine_tune(model, torch.zeros(SHAPE), training.training_set(None, cal, spec),
                       epochs=20, max_steps=30, lr=1e-2)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the fp32 model was modified"
     assert r.record["steps"] == 30 and r.record["freeze_step"] == 20 and r.record["bn_stats_freeze_step"] == 0
@@ -76,7 +77,7 @@ def test_training_starts_from_the_ptq_ranges(tiny):
     ptq, _ = torch_ptq.prepare(model, torch.zeros(SHAPE), torch_ptq._qconfig("histogram", True))
     torch_ptq._calibrate(ptq, cal.x, 16)
     ptq_scales = [float(m.calculate_qparams()[0]) for n, m in ptq.named_modules() if "activation_post_process" in n]
-    data = qat.training_set(None, cal, spec)
+    data = training.training_set(None, cal, spec)
     scales = {}
     for init in ("histogram", None):
         r = qat.fine_tune(model, torch.zeros(SHAPE), data, max_steps=1, lr=0.0, holdout=0, range_init=init)
@@ -134,7 +135,7 @@ def test_qat_with_labelled_training_data(tmp_path, weights_file):
 
 def test_labelled_loss_goes_down(tiny, tmp_path):
     spec, model, *_ = tiny
-    data = qat.training_set(str(_labelled_folder(tmp_path / "train")), None, spec)
+    data = training.training_set(str(_labelled_folder(tmp_path / "train")), None, spec)
     assert data.labels is not None and sorted(set(data.labels.tolist())) == [0, 1, 2]
     r = qat.fine_tune(model, torch.zeros(SHAPE), data, max_steps=40, lr=5e-2, batch_size=9)
     assert r.record["loss_end"] < 0.8 * r.record["loss_start"]  # 2.42 -> 1.71 when written
@@ -228,7 +229,7 @@ def test_trained_int8_weights_reach_onnx_and_tflite_exactly(tiny, tmp_path):
     from edge.targets.base import ExportContext
 
     spec, model, cal, _ = tiny
-    r = qat.fine_tune(model, torch.zeros(SHAPE), qat.training_set(None, cal, spec),
+    r = qat.fine_tune(model, torch.zeros(SHAPE), training.training_set(None, cal, spec),
                       max_steps=20, lr=1e-2)
     trained = {n: p.detach().numpy() for n, p in r.float_model.named_parameters() if n.endswith("weight")}
     assert len(trained) == 5
