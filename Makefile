@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup sysdeps runner-venvs run test test-slow test-device bench clean
+.PHONY: setup sysdeps runner-venvs run test test-slow test-all test-device bench clean
 
 setup: $(STAMP)
 
@@ -35,22 +35,35 @@ sysdeps:
 	else echo "make: not root or no apt-get; the tests that need $(SYSDEPS) will skip"; fi
 
 # Two small device-like venvs (no torch, no edge) for the on-device runner's contract tests:
-# one with tflite-runtime 2.14 and numpy 1.x, one with ai-edge-litert + onnxruntime and numpy 2.
-RUNNER_VENVS := .venv-runner-tflite-runtime .venv-runner-litert
+# one with tflite-runtime 2.14 and numpy 1.x, one with ai-edge-litert + onnxruntime and numpy 2,
+# and one with ExecuTorch's numpy-only runtime (Python 3.12).
+RUNNER_VENVS := .venv-runner-tflite-runtime .venv-runner-litert .venv-runner-executorch-numpy
 runner-venvs: $(addsuffix /.installed,$(RUNNER_VENVS))
 .venv-runner-%/.installed: requirements-runner-%.txt
 	test -x .venv-runner-$*/bin/python || $(PY) -m venv .venv-runner-$*
 	.venv-runner-$*/bin/pip install --quiet -r $<
 	touch $@
 
+# ExecuTorch's torch-free runtime needs Python >= 3.12: that venv is made only where python3.12 exists.
+PY312 ?= $(firstword $(wildcard /usr/bin/python3.1[23] /usr/local/bin/python3.1[23] $(HOME)/.pyenv/versions/3.1[23]*/bin/python3.1[23]))
+.venv-runner-executorch-numpy/.installed: requirements-runner-executorch-numpy.txt
+	@if [ -n "$(PY312)" ] && $(PY312) -c 'import venv' 2>/dev/null; then \
+		test -x .venv-runner-executorch-numpy/bin/python || $(PY312) -m venv .venv-runner-executorch-numpy; \
+		.venv-runner-executorch-numpy/bin/pip install --quiet -r $< && touch $@; \
+	else echo "make: no python3.12 or 3.13; the .pte test on executorch-numpy-runtime will skip"; fi
+
 # The default run (under 30 minutes on 2 cores); CI also runs test-slow.
 test: setup sysdeps runner-venvs
-	$(BIN)/python -m pytest -q -m "not slow and not pi_emu"
+	$(BIN)/python -m pytest -q -m "not slow and not pi_emu and not exhaustive"
 
 # Real-model checks on ../shared/data (EfficientNet-Lite0 int8 accuracy on every target) and the
 # larger cells of the build matrix (tests/test_matrix.py says which).
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# Everything, the exhaustive cells too (about an hour and a half on 2 cores; CI runs test + test-slow).
+test-all: setup sysdeps runner-venvs
+	$(BIN)/python -m pytest -q -m "not pi_emu"
 
 # The emulated Raspberry Pi (root; builds ~/.cache/edge/pi-emu once, ~10 minutes, then reuses it).
 test-device: setup sysdeps

@@ -17,6 +17,7 @@ the agreement of the emulated Raspberry Pi (arm64 under QEMU) with this host.
 
     python benchmarks/latency_matrix.py [--runs 30] [--rounds 3] [--work DIR]
         [--models mobilenetv2,resnet18,efficientnet_lite0]   (--work keeps the builds and reuses them)
+        [--cells fp32:executorch,int8:executorch,int8:tflite --tag executorch]   (a subset, side by side)
 """
 from __future__ import annotations
 
@@ -52,15 +53,15 @@ PUBLISHED = [
 ]
 
 
-def build_all(model: str, work: Path) -> list[dict]:
+def build_all(model: str, work: Path, builds=BUILDS) -> list[dict]:
     import json
 
     done = sorted((work / model).rglob("manifest.json")) if (work / model).exists() else []
-    if len(done) == sum(len(t) for _, t in BUILDS):
+    if len(done) == sum(len(t) for _, t in builds):
         found = [json.loads(p.read_text()) | {"weights_kind": _kind(model)} for p in done]
-        rank = {(prec, t): i for i, (prec, ts) in enumerate(BUILDS) for t in ts}
+        rank = {(prec, t): i for i, (prec, ts) in enumerate(builds) for t in ts}
         return sorted(found, key=lambda m: (rank[(m["precision"], m["target"])], m["target"]))
-    return _build_all(model, work)
+    return _build_all(model, work, builds)
 
 
 def _kind(model: str) -> str:
@@ -68,7 +69,7 @@ def _kind(model: str) -> str:
     return "imagenet" if w is not None and w.locate() else "random (BN re-estimated)"
 
 
-def _build_all(model: str, work: Path) -> list[dict]:
+def _build_all(model: str, work: Path, builds) -> list[dict]:
     real = MODELS.get(model).weights is not None and MODELS.get(model).weights.locate()
     if real:
         weights, ev = "imagenet", str(IMAGENET_SAMPLE)
@@ -78,7 +79,9 @@ def _build_all(model: str, work: Path) -> list[dict]:
         spec = MODELS.get(model)
         torch.save(random_bn_recalibrated_state(spec, spec.input_size), weights)
     manifests = []
-    for precision, targets in BUILDS:
+    for precision, targets in builds:
+        if not targets:
+            continue
         cfg = BuildConfig(model=model, targets=targets, precision=precision, weights=weights, eval=ev,
                           calib=calib if precision == "int8" else None, budget=OPEN_BUDGET,
                           out=str(work / model / precision))
@@ -102,11 +105,18 @@ def main() -> None:
     ap.add_argument("--work", help="keep the builds here and reuse them on the next run")
     ap.add_argument("--models", default=",".join(MODELS_DEFAULT))
     ap.add_argument("--no-pi-emu", action="store_true")
+    ap.add_argument("--cells", help="only these precision:target cells, e.g. fp32:executorch,int8:executorch,"
+                    "int8:tflite (results saved as latency_matrix-TAG)")
+    ap.add_argument("--tag", help="name of a partial run's results (with --cells)")
     a = ap.parse_args()
+    builds = BUILDS
+    if a.cells:
+        wanted = {tuple(c.split(":")) for c in a.cells.split(",")}
+        builds = tuple((p, tuple(t for t in ts if (p, t) in wanted)) for p, ts in BUILDS)
     with tempfile.TemporaryDirectory(prefix="edge-matrix-") as tmp:
         work = Path(a.work) if a.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        manifests = [m for model in a.models.split(",") for m in build_all(model, work)]
+        manifests = [m for model in a.models.split(",") for m in build_all(model, work, builds)]
         rows = [{"m": m, "path": artifact_path(work, m), "lat": {1: [], 2: []}} for m in manifests]
         for rnd in range(a.rounds):
             for r in rows:
@@ -116,7 +126,7 @@ def main() -> None:
         emu = pi_emu(rows, a.no_pi_emu, work / "pi_emu.json" if a.work else None)
     data = {"environment": environment(threads=None), "runs": a.runs, "rounds": a.rounds, "warmup": a.warmup,
             "pi_emu": emu["status"], "rows": [row_json(r, emu) for r in rows], "published": PUBLISHED}
-    save("latency_matrix", data, markdown(data))
+    save(f"latency_matrix-{a.tag}" if a.tag else "latency_matrix", data, markdown(data))
 
 
 def pi_emu(rows: list[dict], skip: bool, cache: Path | None) -> dict:
@@ -167,6 +177,12 @@ def _vs_fp32(rows: list[dict], r: dict) -> str:
     return f"{r['p50_ms_1t'] / base[0]['p50_ms_1t']:.2f}x" if base and r["precision"] != "fp32" else "-"
 
 
+def _vs_tflite(rows: list[dict], r: dict) -> str:
+    """p50 at 1 thread over the TFLite artifact of the same model and precision, same run."""
+    base = [b for b in rows if b["model"] == r["model"] and b["target"] == "tflite" and b["precision"] == r["precision"]]
+    return f"{r['p50_ms_1t'] / base[0]['p50_ms_1t']:.2f}x" if base and r["target"] != "tflite" else "-"
+
+
 def markdown(d: dict) -> str:
     from edge.device import piemu
 
@@ -182,8 +198,8 @@ def markdown(d: dict) -> str:
              "with fp32 PyTorch on the parity samples. pi-emu: the same artifact in arm64 Bookworm under QEMU "
              "against this host, on one held-out photo (cosine; emulated timings are not reported).", "",
              "| model | weights | target | precision | size MB | p50 ms 1t | p90 ms 1t | p50 ms 2t | p90 ms 2t "
-             "| vs fp32 | top-1 % | fp32 top-1 % | agreement | pi-emu cosine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| vs fp32 | vs TFLite | top-1 % | fp32 top-1 % | agreement | pi-emu cosine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
         e = r["pi_emu"]
         emu = ("not run" if TARGETS.get(r["target"]).runner_backend in piemu.BACKENDS else
@@ -194,7 +210,7 @@ def markdown(d: dict) -> str:
         agree = f"{r['top1_agreement']:.3f} ({r['parity_samples']})" if r["top1_agreement"] is not None else "-"
         lines.append(f"| {r['model']} | {r['weights']} | {r['target']} | {r['precision']} | {r['size_mb']} "
                      f"| {r['p50_ms_1t']} | {r['p90_ms_1t']} | {r['p50_ms_2t']} | {r['p90_ms_2t']} "
-                     f"| {_vs_fp32(d['rows'], r)} | {top1} | {ref} | {agree} | {emu} |")
+                     f"| {_vs_fp32(d['rows'], r)} | {_vs_tflite(d['rows'], r)} | {top1} | {ref} | {agree} | {emu} |")
     lines += ["", f"pi-emu: {d['pi_emu']}", "", "## Published figures (not measured here)", "",
               "| model and runtime | device | latency |", "|---|---|---|",
               *(f"| {a} | {b} | {c} (published) |" for a, b, c in d["published"]), ""]

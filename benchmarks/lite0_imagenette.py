@@ -5,6 +5,7 @@ artifact run in its own runtime. It saves each artifact's top-1 class per photo,
 
     python benchmarks/lite0_imagenette.py --tag after                  # this checkout
     python benchmarks/lite0_imagenette.py --compare before after       # McNemar + bootstrap CI
+    python benchmarks/lite0_imagenette.py --targets executorch --tag executorch   # one target
 
 It works with edge's build API before and after the "any model" redesign (the run is the same
 build; only where the artifacts land and how runners are called differ), so the "before" figures
@@ -62,7 +63,7 @@ def run(args) -> None:
     calib = calibration_dir(work / "calib", args.calib)
     eval_dir = IMAGENETTE / "eval"
     t0 = time.perf_counter()
-    cfg = BuildConfig(model="efficientnet_lite0", targets=TARGETS, precision="int8", weights="imagenet",
+    cfg = BuildConfig(model="efficientnet_lite0", targets=tuple(args.targets), precision="int8", weights="imagenet",
                       calib=str(calib), eval=str(eval_dir), out=str(work / "out"),
                       budget={"max_top1_drop": 100.0})  # record every figure, even a miss
     manifests = build(cfg)
@@ -107,7 +108,7 @@ def compare(before: str, after: str) -> None:
     assert np.array_equal(labels, b["labels"]), "the two runs scored different photos"
     rng = np.random.default_rng(0)
     rows = []
-    for t in TARGETS:
+    for t in sorted(set(a.files) & set(b.files) - {"labels"}, key=lambda t: (t not in TARGETS, t)):
         ca, cb = a[t] == labels, b[t] == labels
         diff = cb.astype(float) - ca.astype(float)
         boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
@@ -130,6 +131,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tag", default="after", help="name of this run's results")
     ap.add_argument("--calib", type=int, default=500, help="calibration photos from imagenette/train")
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), help="targets to build (default: %(default)s)")
     ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two saved runs")
     a = ap.parse_args()
     if a.compare:

@@ -66,6 +66,11 @@ class QATResult:
     float_model: nn.Module  # the fine-tuned float network, BN folded, no fake quantization (an FX GraphModule)
     ranges: dict  # float_model node name -> (lo, hi, clamp or None): the learned range of that node's output
     record: dict  # the recipe and its figures, for the manifest
+    # what a target with its own QAT flow (ExecuTorch's PT2E) trains from: the fp32 network, the
+    # data and the settings this run used
+    original: nn.Module | None = None
+    data: TrainSet | None = None
+    settings: dict | None = None
 
 
 def fine_tune(model: nn.Module, example, data: TrainSet, *, epochs: int = DEFAULT_EPOCHS,
@@ -129,7 +134,9 @@ def fine_tune(model: nn.Module, example, data: TrainSet, *, epochs: int = DEFAUL
     }
     log.info("qat: %d steps, loss %.4g -> %.4g%s (%.0f s)", steps, record["loss_start"], record["loss_end"],
              f", kept step {best[0]} (held-out loss {checks[str(best[0])]:.4g})" if best else "", record["seconds"])
-    return QATResult(student, *float_model(student), record)
+    settings = {"epochs": epochs, "lr": lr, "max_steps": max_steps, "batch_size": batch_size, "seed": seed,
+                "holdout": holdout, "tasks": tasks}
+    return QATResult(student, *float_model(student), record, model, data, settings)
 
 
 @torch.no_grad()
@@ -299,3 +306,103 @@ def _on_grid(qat_module: nn.Module) -> nn.Module:
     lin = flt[0] if isinstance(flt, nn.Sequential) else flt  # Conv/Linear + ReLU come as a Sequential
     lin.weight.copy_(qat_module.weight_fake_quant(lin.weight))
     return flt
+
+
+# ---------------------------------------------------------------- PT2E (ExecuTorch)
+
+def pt2e_fine_tune(ctx):
+    """QAT for the executorch target through PT2E's own flow: `prepare_qat_pt2e` on the graph
+    captured from the fp32 network (the pt2e-xnnpack annotations, fake quantization that
+    simulates conv+BN folding), trained on the shared trainer with the FX recipe's schedule and
+    data (ctx.qat: the same samples, steps, learning rate, held-out pick), then converted by the
+    quantizer's own convert, so the learned ranges reach the .pte as they are.
+
+    Differences from the FX recipe, where PT2E offers no equivalent: the activation ranges start
+    from a pass of moving-average min/max over the training samples (not a histogram observer),
+    and batch norm runs on its running statistics by keeping the captured graph in its eval form
+    (`move_exported_model_to_eval`) for the whole training."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    from edge.quantize import QUANTIZERS
+
+    base = ctx.qat
+    s = base.settings
+    start = time.perf_counter()
+    torch.manual_seed(s["seed"])
+    rng = np.random.default_rng(s["seed"])
+    train, val = training.split(base.data, s["holdout"], rng)
+    q = QUANTIZERS.get("pt2e-xnnpack")
+    prepared = q.prepare(copy.deepcopy(base.original).eval(), ctx.example_tensors(), keep_float=ctx.keep_float,
+                         qat=True)
+    student = prepared.module
+    move_exported_model_to_eval(student)  # batch norm on running statistics, dropout off
+    fqs = _pt2e_fqs(student)
+    _pt2e_init_ranges(student, fqs, train, s["batch_size"] if prepared.batched else 1)
+    per_epoch = math.ceil(len(train) / s["batch_size"])
+    steps = s["epochs"] * per_epoch if s["max_steps"] is None else min(s["epochs"] * per_epoch, s["max_steps"])
+    freeze = max(1, round(steps * FREEZE_AT))
+
+    def before_step(step: int) -> None:
+        if step == freeze:
+            for m in fqs:
+                m.disable_observer()
+
+    @contextmanager
+    def measuring(model):
+        on = [bool(m.observer_enabled[0]) for m in fqs]
+        for m in fqs:
+            m.disable_observer()
+        try:
+            yield model
+        finally:
+            for m, o in zip(fqs, on):
+                m.enable_observer(o)
+
+    teacher = copy.deepcopy(base.original).eval()
+    batch = s["batch_size"] if prepared.batched else 1
+    r = training.distill(student, teacher, train, val, steps=steps, check_every=per_epoch, lr=s["lr"],
+                         batch_size=batch, rng=rng, tasks=s["tasks"], label="qat (pt2e)",
+                         before_step=before_step, measuring=measuring)
+    if r.best is not None:
+        student.load_state_dict(r.best[1])
+    for m in fqs:
+        m.disable_observer()
+    prepared.samples = len(train)
+    prepared.seconds += time.perf_counter() - start
+    prepared.record = {"steps": steps, "freeze_step": freeze, "batch_size": batch, "lr": s["lr"],
+                       "loss_start": float(f"{np.mean(r.losses[:per_epoch]):.4g}"),
+                       "loss_end": float(f"{np.mean(r.losses[-per_epoch:]):.4g}"),
+                       "selected_step": r.best[0] if r.best else steps, "trained_on": len(train)}
+    log.info("qat (pt2e): %d steps, loss %.4g -> %.4g (%.0f s)", steps, prepared.record["loss_start"],
+             prepared.record["loss_end"], time.perf_counter() - start)
+    return prepared
+
+
+def _pt2e_fqs(student: nn.Module) -> list:
+    """The activation fake quantizers of a PT2E QAT graph (weights are fake-quantized by their
+    own modules, which follow the weights at every step)."""
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase as AoFQ
+
+    try:
+        from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase as TaoFQ
+    except ImportError:  # older torchao: torch.ao's classes
+        TaoFQ = AoFQ
+    out = []
+    for name, m in student.named_modules():
+        if isinstance(m, (AoFQ, TaoFQ)) and getattr(m, "qscheme", None) not in (torch.per_channel_symmetric,
+                                                                             torch.per_channel_affine):
+            out.append(m)
+    return out
+
+
+@torch.no_grad()
+def _pt2e_init_ranges(student: nn.Module, fqs: list, data: TrainSet, batch_size: int) -> None:
+    """Activation ranges from the training samples before training: observers on, fake
+    quantization off, one pass (moving-average min/max), then fake quantization back on."""
+    for m in fqs:
+        m.disable_fake_quant()
+        m.enable_observer()
+    for i in range(0, len(data), batch_size):
+        student(*data.batch(np.arange(i, min(i + batch_size, len(data)))))
+    for m in fqs:
+        m.enable_fake_quant()

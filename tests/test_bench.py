@@ -28,7 +28,7 @@ CONTRACT = {"schema": str, "artifact": str, "path": str, "format": str, "runtime
             "load_ms": float, "first_inference_ms": float, "warmup": int, "runs": int, "threads": int,
             "latency_ms": dict, "peak_rss_bytes": int, "input": dict, "output": dict, "environment": dict}
 ENVIRONMENT_KEYS = {"cpu_model", "cores", "governor", "machine", "os", "python", "numpy", "runtimes"}
-FORMATS = {"onnx": "onnx", "tflite": "tflite", "torchscript-mobile": "ptl"}
+FORMATS = {"onnx": "onnx", "tflite": "tflite", "torchscript-mobile": "ptl", "executorch": "pte"}
 
 
 # ---------------------------------------------------------------- fixtures
@@ -160,7 +160,8 @@ def check_contract(r: dict, fmt: str, runs: int) -> None:
 
 
 @pytest.mark.parametrize("precision,target", [("fp32", "onnx"), ("fp32", "tflite"),
-                                              ("fp32", "torchscript-mobile"), ("int8", "tflite")])
+                                              ("fp32", "torchscript-mobile"), ("fp32", "executorch"),
+                                              ("int8", "tflite")])
 def test_runner_contract(precision, target, request, device, tmp_path):
     from edge.targets import TARGETS
 
@@ -191,6 +192,10 @@ def test_runner_errors(fp32_build, device, tmp_path):
     one_error(run_runner(device, tmp_path / "nope.onnx"), 2, "no such file")
     one_error(run_runner(device, tmp_path / "notes.txt"), 2, "unknown artifact type")
     one_error(run_runner(device, ptl), 2, "alone.ptl has no manifest.json", "--input-shape")
+    pte = Path(shutil.copy(artifact_in(fp32_build / "executorch"), tmp_path / "alone.pte"))
+    one_error(run_runner(device, pte), 2, "alone.pte has no manifest.json", "--input-shape")
+    (tmp_path / "bad.pte").write_bytes(b"not a program")
+    one_error(run_runner(device, tmp_path / "bad.pte", "--input-shape", "1,3,32,32"), 2, "bad.pte is not a loadable ExecuTorch program")
     one_error(run_runner(device, alone, "--input-shape", "1,3,16,16"), 2, "does not fit", "1,3,32,32")
     one_error(run_runner(device, onnx, "--input-shape", "1,3,16,16"), 2, "disagrees with the manifest")
     one_error(run_runner(device, onnx, "--runs", 0), 2, "--runs")

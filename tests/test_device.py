@@ -29,7 +29,8 @@ import multi_io
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 SSHD = Path("/usr/sbin/sshd")
-RUNNER_VENVS = {"tflite-runtime": ("tflite-runtime", "1."), "litert": ("ai-edge-litert", "2.")}  # (dist, numpy)
+RUNNER_VENVS = {"tflite-runtime": ("tflite-runtime", "1."), "litert": ("ai-edge-litert", "2."),
+                "executorch-numpy": ("executorch-numpy-runtime", "2.")}  # (dist, numpy)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def builds(tmp_path_factory) -> dict[str, Path]:
     edge.build(model="tiny", target="all", precision="fp32", weights="random", out=str(base / "fp32"))
     edge.build(model="tiny", target="tflite", precision="int8", io="int8", weights="random", out=str(base / "int8"))
     return {"onnx": base / "fp32/onnx", "tflite": base / "fp32/tflite", "ptl": base / "fp32/torchscript-mobile",
+            "pte": base / "fp32/executorch",
             "tflite-int8": base / "int8" / "tflite"}
 
 
@@ -60,10 +62,12 @@ def runner_venv(name: str) -> Path:
 
 
 @pytest.mark.parametrize("venv,kind", [("tflite-runtime", "tflite"), ("tflite-runtime", "tflite-int8"),
-                                       ("litert", "tflite"), ("litert", "tflite-int8"), ("litert", "onnx")])
+                                       ("litert", "tflite"), ("litert", "tflite-int8"), ("litert", "onnx"),
+                                       ("executorch-numpy", "pte")])
 def test_runner_in_device_venv(venv, kind, builds, tmp_path):
     """Same JSON contract and the same outputs as on the full host stack, with the old and the new
-    TFLite interpreter and numpy 1 and 2."""
+    TFLite interpreter and numpy 1 and 2, and a .pte in ExecuTorch's torch-free runtime (the host
+    runs it in executorch's own, which links libtorch)."""
     python, (dist, numpy_major) = runner_venv(venv), RUNNER_VENVS[venv]
     artifact = artifact_in(builds[kind])
     np.save(tmp_path / "x.npy", np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32))
@@ -133,7 +137,7 @@ def test_runner_args_put_the_artifact_after_double_dash(builds, tmp_path):
 
 
 @pytest.mark.parametrize("venv,kind,words", [("tflite-runtime", "onnx", "pip install onnxruntime"),
-                                             ("litert", "ptl", "torch")])
+                                             ("litert", "ptl", "torch"), ("litert", "pte", "pip install executorch")])
 def test_runner_venv_without_the_runtime(venv, kind, words, builds):
     proc = run(runner_venv(venv), RUNNER, artifact_in(builds[kind]), "--runs", 1)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("runner: error:")]
@@ -196,14 +200,14 @@ def test_ssh_bench(sshd, builds, tmp_path):
     """Files with awkward names reach the device intact, run there, come back as JSON, and the
     temporary folder is gone afterwards."""
     odd = tmp_path / "it's a $(touch pwned) model;"
-    for kind in ("onnx", "tflite"):
+    for kind in ("onnx", "pte", "tflite"):
         shutil.copytree(builds[kind], odd / kind)
     os.rename(artifact_in(odd / "onnx"), odd / "onnx" / "m o'd`el$.onnx")
     m = json.loads((odd / "onnx" / "manifest.json").read_text())
     (odd / "onnx" / "manifest.json").write_text(json.dumps(m | {"artifact": "m o'd`el$.onnx"}))
     before = leftovers()
     results = bench([str(odd)], threads=1, runs=3, warmup=1, progress=False, device=ssh_device(sshd))
-    assert [r["format"] for r in results] == ["onnx", "tflite"]
+    assert [r["format"] for r in results] == ["onnx", "pte", "tflite"]
     for r in results:
         assert r["device"] == {"name": sshd[0], "emulated": False} and r["runs"] == 3
         assert r["device_path"].startswith("/tmp/edge-bench.") and Path(r["path"]).parent.parent == odd

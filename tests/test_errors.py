@@ -201,3 +201,25 @@ def test_a_killed_build_leaves_staging_that_the_next_build_removes(out, capsys):
     assert main(["build", "--model", "tiny", "--weights", "random", "--target", "onnx", "--out", str(out)]) == 0
     assert not any(d.exists() for d in stale) and busy.is_dir()
     assert (out / "onnx" / "manifest.json").is_file()
+
+
+def test_model_torch_export_cannot_capture_names_the_construct(out, tmp_path, capsys):
+    """executorch: a forward that branches on a tensor's value cannot be captured by torch.export;
+    one line says so and where, exit 1."""
+    f = tmp_path / "branchy.py"
+    f.write_text("import torch\nclass N(torch.nn.Module):\n"
+                 "    def __init__(self):\n        super().__init__()\n        self.conv = torch.nn.Conv2d(3, 4, 3)\n"
+                 "    def forward(self, x):\n        y = self.conv(x)\n"
+                 "        if y.mean() > 0:\n            return y * 2\n        return y\n"
+                 "def make():\n    return N()\n")
+    for precision in ("fp32", "int8"):
+        msg = fail(["build", "--model", f"{f}:make", "--input-shape", "1,3,16,16", "--weights", "random",
+                    "--target", "executorch", "--precision", precision, "--out", str(out)], capsys, 1,
+                   "torch.export cannot capture the model", out=out)
+        assert "branchy.py" in msg or "data-dependent" in msg or "control flow" in msg, msg
+
+
+def test_missing_executorch_exits_2(out, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "executorch", None)  # find_spec now says it is not installed
+    fail(["build", "--model", "tiny", "--weights", "random", "--target", "executorch", "--out", str(out)], capsys, 2,
+         "executorch", "pip install 'edge[executorch]'", out=out)

@@ -111,6 +111,8 @@ def test_qat_distillation_exports_to_every_target(tmp_path, weights_file):
         assert on_disk["qat"] == rec and on_disk["build"]["config"]["qat"] is True
     ptl = next(m for m in manifests if m["target"] == "torchscript-mobile")
     assert ptl["target_details"]["quantization"]["method"] == "qat"
+    pte = next(m for m in manifests if m["target"] == "executorch")["target_details"]["quantization"]
+    assert pte["method"] == "qat" and "prepare_qat_pt2e" in pte["flow"] and pte["qat"]["steps"] == 24
     assert all(r["passed"] for r in verify(tmp_path))
 
 
@@ -242,3 +244,29 @@ def test_trained_int8_weights_reach_onnx_and_tflite_exactly(tiny, tmp_path):
         for name, w in trained.items():
             diffs = [np.abs(g - w).max() for g in got if g.shape == w.shape]
             assert diffs and min(diffs) == 0.0, f"{name}: trained int8 levels not kept ({min(diffs, default=None)})"
+
+
+def test_pt2e_qat_trains_and_the_pte_keeps_the_learned_ranges(tiny, tmp_path):
+    """executorch --qat: PT2E's own QAT flow trains (observers frozen late, the held-out pick), and
+    the .pte computes what the trained fake-quant graph computes: the learned ranges and weights
+    reached it, nothing was recalibrated."""
+    from edge.targets.base import ExportContext
+    from edge.targets.executorch import PteRunner
+
+    spec, model, cal, par = tiny
+    r = qat.fine_tune(model, torch.zeros(SHAPE), training.training_set(None, cal, spec), epochs=20, max_steps=30,
+                      lr=1e-2)
+    ctx = ExportContext(model=r.float_model, spec=spec, workdir=tmp_path, calib=cal, qat=r,
+                        example={spec.inputs[0].name: np.zeros(SHAPE, np.float32)})
+    target = TARGETS.get("executorch")
+    p = target.quantize(ctx)
+    assert p.qat and p.record["steps"] == 30 and p.record["freeze_step"] == 20 and p.record["trained_on"] == 29
+    assert all(not bool(m.observer_enabled[0]) for m in qat._pt2e_fqs(p.module))
+    exported = target.export(ctx, "int8", tmp_path / "m.pte", p)
+    assert exported.details["quantization"]["method"] == "qat"
+    x = torch.from_numpy(par.x)
+    with torch.no_grad():
+        fake, ref = torch.cat([p.module(x[i:i + 1]) for i in range(len(x))]), model(x)
+    pte = torch.from_numpy(PteRunner(exported.path, exported.inputs, exported.outputs).run(par.x)["output"])
+    assert _cos(pte, fake) > 0.999  # convert_pt2e + lowering kept the trained ranges and weights
+    assert _cos(fake, ref) > 0.9

@@ -1,4 +1,4 @@
-"""Time one edge artifact (.tflite, .onnx or .ptl) on this machine and print one JSON object.
+"""Time one edge artifact (.tflite, .onnx, .ptl or .pte) on this machine and print one JSON object.
 
 Self-contained: it needs only the Python standard library, numpy and the one runtime that runs
 the artifact, so it can be copied to a Raspberry Pi on its own:
@@ -39,7 +39,8 @@ except ImportError:  # main() reports it as one line
 
 SCHEMA = "edge-bench/1"
 GOVERNOR = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-RUNTIME_DISTS = ("ai-edge-litert", "tflite-runtime", "tensorflow", "onnxruntime", "torch")
+RUNTIME_DISTS = ("ai-edge-litert", "tflite-runtime", "tensorflow", "onnxruntime", "torch", "executorch",
+                 "executorch-numpy-runtime")
 RANDOM_NORMAL = "random normal, seed {}"
 
 
@@ -354,7 +355,67 @@ class LiteBackend:
         return self.torch.no_grad()
 
 
-BACKENDS = {b.format: b for b in (TFLiteBackend, OrtBackend, LiteBackend)}
+class PteBackend:
+    """ExecuTorch programs: the torch-free executorch-numpy-runtime (Python >= 3.12) where it is
+    installed, else executorch's own runtime (its pybindings, which link libtorch)."""
+
+    format = "pte"
+    suffix = ".pte"
+
+    def __init__(self, threads: int | None, manifest: dict | None):
+        self.threads = threads
+        reasons = []
+        try:
+            import executorch_numpy_runtime as enr
+
+            self.rt, self.name, self.version, self.torch = enr.Runtime.get(), "executorch-numpy-runtime", \
+                enr.__version__, None
+            if threads:  # it exposes no thread setting; its XNNPACK pool sizes itself to the cores
+                print(f"runner: warning: executorch-numpy-runtime has no thread setting; --threads {threads} "
+                      "is not applied", file=sys.stderr)
+            return
+        except ImportError as e:
+            reasons.append(f"executorch_numpy_runtime: {_first_line(e)}")
+        try:
+            import torch
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
+        except ImportError as e:
+            reasons.append(f"executorch: {_first_line(e)}")
+            raise BadInput("running .pte needs an ExecuTorch runtime; install one with: pip install "
+                           "executorch-numpy-runtime (Python >= 3.12, numpy only) or pip install executorch "
+                           f"(needs torch) [{'; '.join(reasons)}]") from None
+        if threads:  # process-wide, and only safe before any program is loaded
+            portable_lib._unsafe_reset_threadpool(threads)
+        self.rt, self.name, self.version, self.torch = Runtime.get(), "executorch", _dist_version("executorch"), torch
+
+    def load(self, path: Path) -> None:
+        try:
+            self.program = self.rt.load_program(path.read_bytes())  # kept: its Method does not hold it
+            self.method = self.program.load_method("forward")
+        except Exception as e:  # noqa: BLE001 - both runtimes raise their own exception types
+            raise BadInput(f"{path.name} is not a loadable ExecuTorch program: {_first_line(e)}") from None
+
+    def inputs(self) -> None:
+        return None  # positional, as the program's forward takes them; the manifest names them
+
+    def outputs(self) -> None:
+        return None
+
+    def bind(self, feeds: dict[int, np.ndarray]):
+        args = [feeds[i] for i in range(len(feeds))]
+        if self.torch is None:
+            return functools.partial(self.method, args)
+        return functools.partial(self.method.execute, [self.torch.from_numpy(a) for a in args])
+
+    def results(self, ret) -> list[np.ndarray]:
+        return [np.asarray(r.numpy() if hasattr(r, "numpy") else r) for r in ret]
+
+    def precision(self) -> None:
+        return None  # the program's int8 lives inside the delegate's blob
+
+
+BACKENDS = {b.format: b for b in (TFLiteBackend, OrtBackend, LiteBackend, PteBackend)}
 
 
 def _precision(dtypes) -> str:
@@ -513,9 +574,10 @@ def artifact_tensors(backend, artifact: str, shapes: list[tuple]) -> list[Tensor
     """Without a manifest: the inputs as the artifact declares them, fed in its own layout;
     --input-shape ([NAME=]SHAPE, in order or by name) fills in dynamic dims and .ptl shapes."""
     details = backend.inputs()
-    if details is None:  # .ptl
+    if details is None:  # .ptl, .pte
         if not shapes:
-            raise BadInput(f"{artifact} has no manifest.json and a .ptl file declares no input shapes; pass "
+            raise BadInput(f"{artifact} has no manifest.json and a {Path(artifact).suffix} file declares no input "
+                           "shapes here; pass "
                            "--input-shape (the model's input shape, e.g. 1,3,224,224; once per input)")
         names = [n or (f"input{i}" if len(shapes) > 1 else "input") for i, (n, _) in enumerate(shapes)]
         return [Tensor(n, s, "float32", model_shape=s, slot=i) for i, (n, (_, s)) in enumerate(zip(names, shapes))]
@@ -866,7 +928,7 @@ def _shape(s: str) -> tuple:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="runner", description="Time one .tflite/.onnx/.ptl artifact; prints one JSON object.")
+    p = _Parser(prog="runner", description="Time one .tflite/.onnx/.ptl/.pte artifact; prints one JSON object.")
     p.add_argument("artifact", help="the artifact (put -- before a name that starts with -)")
     p.add_argument("--manifest", help="the artifact's manifest.json (default: the one beside it)")
     p.add_argument("--backend", choices=list(BACKENDS), help="the runtime (default: by the artifact's suffix)")
