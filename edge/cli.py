@@ -184,7 +184,9 @@ def parser() -> argparse.ArgumentParser:
     dr.add_argument("--out", required=True, help="folder to write runner.py and its README into")
     ds = dsub.add_parser("setup", help="build the emulated Raspberry Pi (once, as root; cached)", parents=[common],
                          formatter_class=_Formatter)
-    ds.add_argument("name", choices=("pi-emu",), help="pi-emu: arm64 Debian Bookworm under QEMU user mode")
+    ds.add_argument("name", choices=("pi-emu", "pi-emu:trixie"),
+                    help="pi-emu: arm64 Debian Bookworm (Python 3.11) under QEMU user mode; pi-emu:trixie: "
+                         "arm64 Trixie (Python 3.13), which also runs .pte files (executorch-numpy-runtime)")
     ds.add_argument("--force", action="store_true", help="rebuild it even if it is set up")
 
     mo = command("models", "list the registered models (from the catalog: nothing is built)")
@@ -324,10 +326,12 @@ def cmd_device(a: argparse.Namespace) -> int:
     if a.device_command == "setup":
         from edge.device import piemu
 
-        root = piemu.setup(force=a.force)
-        v = piemu.info(root)["versions"]
-        print(f"pi-emu ready in {root}: Debian {piemu.SUITE} {v['machine']}, Python {v['python']}, "
-              f"ai-edge-litert {v['ai-edge-litert']}, onnxruntime {v['onnxruntime']}, numpy {v['numpy']}")
+        suite = piemu.suite_of(a.name)
+        root = piemu.setup(force=a.force, suite=suite.name)
+        v = dict(piemu.info(root)["versions"])
+        machine, python = v.pop("machine"), v.pop("python")
+        print(f"{a.name} ready in {root}: Debian {suite.name} {machine}, Python {python}, "
+              + ", ".join(f"{k} {x}" for k, x in v.items()))
         return 0
     from edge.device import write_runner
 

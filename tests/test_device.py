@@ -290,6 +290,28 @@ def test_pi_emu(builds, tmp_path):
     assert "pi-emu (emulated)" in format_table(results)
     with pytest.raises(UserError, match="needs torch"):
         bench([str(builds["ptl"])], progress=False, device=remote.parse("pi-emu"))
+    with pytest.raises(UserError, match="use --device pi-emu:trixie"):
+        bench([str(builds["pte"])], progress=False, device=remote.parse("pi-emu"))
+
+
+@pytest.mark.pi_emu
+def test_pi_emu_trixie_runs_pte_in_the_numpy_runtime(builds, tmp_path):
+    """.pte files (fp32 and int8) in arm64 Trixie (Python 3.13) under QEMU, in ExecuTorch's torch-free
+    runtime, match the host's executorch runtime within the parity budgets; .tflite runs there too.
+    Builds that root on first use (about 10 minutes)."""
+    from edge.device import piemu
+
+    piemu.setup(suite="trixie")
+    int8 = tmp_path / "pte-int8"
+    edge.build(model="tiny", target="executorch", precision="int8", weights="random", out=str(int8))
+    results = bench([str(builds["pte"]), str(int8 / "executorch"), str(builds["tflite"])], threads=1, runs=2,
+                    warmup=0, progress=False, device=remote.parse("pi-emu:trixie"))
+    for r in results:
+        assert r["device"] == {"name": "pi-emu:trixie", "emulated": True}
+        assert r["environment"]["machine"] == "aarch64" and r["environment"]["python"].startswith("3.13.")
+        assert r["parity_vs_host"]["passed"]
+    assert [r["runtime"]["name"] for r in results[:2]] == ["executorch-numpy-runtime"] * 2
+    assert results[2]["runtime"]["name"] == "ai-edge-litert"
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists() or os.geteuid() != 0,

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -45,11 +45,12 @@ class Device(Protocol):
 def parse(spec: str, python: str = "python3", ssh_options: tuple[str, ...] = (),
           key: str | None = None) -> Device:
     """`--device` text to a Device; UserError for anything else."""
-    if spec == "pi-emu":
-        return PiEmu()
+    if spec == "pi-emu" or spec.startswith("pi-emu:"):
+        suite = _piemu().suite_of(spec).name
+        return PiEmu(label=_piemu().label(suite), suite=suite)
     if spec.startswith("ssh://"):
         return SSHDevice.from_url(spec, python, ssh_options, key)
-    raise UserError(f"unknown --device {spec!r}; use ssh://user@host[:port] or pi-emu")
+    raise UserError(f"unknown --device {spec!r}; use ssh://user@host[:port], pi-emu or pi-emu:trixie")
 
 
 def bundle(artifact: Path, manifest: Path | None, extra: dict[str, Path] | None = None) -> dict[str, Path]:
@@ -201,18 +202,25 @@ class PiEmu:
 
     emulated: bool = True
     label: str = "pi-emu"
-    root: Path = field(default_factory=lambda: _piemu().cache_root())
+    suite: str = "bookworm"
+    root: Path | None = None
+
+    def __post_init__(self):
+        if self.root is None:
+            self.root = _piemu().cache_root(self.suite)
 
     def check(self, artifact: Path) -> None:
         piemu = _piemu()
-        if not piemu.runs(artifact):
+        if not piemu.runs(artifact, self.suite):
             from edge.targets.base import target_of
 
             t = target_of(artifact)
-            raise UserError(f"pi-emu holds the {' and '.join(piemu.BACKENDS)} runtimes; {artifact.name} needs "
-                            f"{t.runtime if t else 'a runtime it does not have'}: bench it on the host or a real device")
+            other = [piemu.label(s) for s, v in piemu.SUITES.items() if t is not None and t.runner_backend in v.backends]
+            raise UserError(f"{self.label} holds the {' and '.join(piemu.SUITES[self.suite].backends)} runtimes; "
+                            f"{artifact.name} needs {t.runtime if t else 'a runtime it does not have'}: "
+                            + (f"use --device {other[0]}" if other else "bench it on the host or a real device"))
         if piemu.info(self.root) is None:
-            raise UserError(f"the emulated Pi is not set up ({self.root}); run: edge device setup pi-emu")
+            raise UserError(f"the emulated Pi is not set up ({self.root}); run: edge device setup {self.label}")
         piemu.check_host()
 
     def run(self, artifact: Path, manifest: Path | None, options: list[str]) -> dict:
