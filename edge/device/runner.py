@@ -577,7 +577,7 @@ def artifact_tensors(backend, artifact: str, shapes: list[tuple]) -> list[Tensor
     if details is None:  # .ptl, .pte
         if not shapes:
             raise BadInput(f"{artifact} has no manifest.json and a {Path(artifact).suffix} file declares no input "
-                           "shapes here; pass "
+                           "shapes; pass "
                            "--input-shape (the model's input shape, e.g. 1,3,224,224; once per input)")
         names = [n or (f"input{i}" if len(shapes) > 1 else "input") for i, (n, _) in enumerate(shapes)]
         return [Tensor(n, s, "float32", model_shape=s, slot=i) for i, (n, (_, s)) in enumerate(zip(names, shapes))]
