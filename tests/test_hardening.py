@@ -648,14 +648,15 @@ DOUBLE = ("class N(nn.Module):\n    def __init__(self):\n        super().__init_
 
 
 def test_target_all_publishes_what_passed_and_names_what_failed(tmp_path, capsys):
-    """A network that converts for TorchScript and ONNX but not for TFLite (float64 arithmetic):
-    the two are published, and the one line says that TFLite failed and what was published."""
+    """A network that converts for TorchScript, ONNX and ExecuTorch (its float64 ops stay on the
+    portable kernels) but not for TFLite (float64 arithmetic): the three are published, and the one
+    line says that TFLite failed and what was published."""
     out = tmp_path / "out"
     code, _, err = cli(["build", "--model", model_file(tmp_path, DOUBLE), "--input-shape", "1,3,16,16",
                         "--weights", "random", "--target", "all", "--out", out], capsys)
-    line = one_error(code, err, 1, "tflite fp32", "published: torchscript-mobile, onnx")
+    line = one_error(code, err, 1, "tflite fp32", "published: torchscript-mobile, onnx, executorch")
     assert "\x1b" not in line
-    assert sorted(p.parent.name for p in out.glob("*/manifest.json")) == ["onnx", "torchscript-mobile"]
+    assert sorted(p.parent.name for p in out.glob("*/manifest.json")) == ["executorch", "onnx", "torchscript-mobile"]
     assert not (out / "tflite").exists()
     code, _, err = cli(["verify", out], capsys)
     assert code == 0, err
