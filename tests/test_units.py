@@ -65,7 +65,7 @@ def test_model_spec_is_consistent(name):
 
 
 def test_targets_are_registered_with_reasons():
-    assert TARGETS.names() == ["torchscript-mobile", "onnx", "tflite"]
+    assert TARGETS.names() == ["torchscript-mobile", "onnx", "tflite", "executorch"]
     for t in TARGETS:
         assert t.suffix.startswith(".") and "fp32" in t.precisions and "int8" in t.precisions
 
