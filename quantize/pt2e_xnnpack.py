@@ -51,6 +51,7 @@ class Pt2ePrepared:
     seconds: float = 0.0
     annotated: dict = field(default_factory=dict)
     record: dict = field(default_factory=dict)  # QAT: the training's figures
+    converted: object = None  # the int8 graph convert_pt2e made (set by convert)
 
 
 @contextlib.contextmanager
@@ -248,6 +249,7 @@ class Pt2eXnnpack(Quantizer):
         start = time.perf_counter()
         with _stage("convert_pt2e"):
             converted = convert_pt2e(p.module)
+        p.converted = converted  # for per-layer sensitivity (quantize/sensitivity.py pt2e_layers)
         with _stage("torch.export of the int8 graph"):
             ep = torch.export.export(converted, tuple(example))
         ops = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]

@@ -155,6 +155,51 @@ def onnx_layers(path: Path, model: nn.Module, x, manifest: dict | None = None) -
     return match(module_outputs(model, x), found)
 
 
+# ---------------------------------------------------------------- ExecuTorch (PT2E)
+
+def pt2e_layers(converted, model: nn.Module, x) -> list[Layer]:
+    """Per-layer outputs of the int8 graph PT2E converted (its quantize/dequantize pairs run in
+    PyTorch: the arithmetic the XNNPACK delegate reproduces; ExecuTorch does not expose a
+    delegate's intermediate tensors). Each op's output is taken after its quantize/dequantize
+    pair where it has one (the value the int8 kernels pass on), named by the module it came from
+    (torch.export's nn_module_stack), whose path is also what --max-drop keeps in float."""
+    values: dict[str, list[np.ndarray]] = {}
+    take: dict[str, str] = {}  # node whose value to record -> the node it stands for
+    for n in converted.graph.nodes:
+        if n.op != "call_function" or not n.meta.get("nn_module_stack"):
+            continue
+        q = [u for u in n.users if str(u.target).startswith("quantized_decomposed.quantize_per_tensor")]
+        dq = [d for u in q for d in u.users if str(d.target).startswith("quantized_decomposed.dequantize_per_tensor")]
+        take[(dq[0] if dq else n).name] = n.name
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in take and isinstance(out, torch.Tensor):
+                values.setdefault(take[n.name], []).append(out.detach().float().numpy().copy())
+            return out
+
+    args = _args(x)
+    with torch.no_grad():
+        for i in range(len(args[0])):
+            Recorder(converted).run(*[a[i:i + 1] for a in args])
+    found = []
+    for n in converted.graph.nodes:
+        if n.name in values:
+            path = _pt2e_module(n)
+            if path:
+                found.append((n.name, str(n.target).split(".")[1] if "." in str(n.target) else str(n.target),
+                              np.concatenate(values[n.name]), [path], path))
+    return match(module_outputs(model, x), found)
+
+
+def _pt2e_module(node) -> str:
+    """The innermost module path of a captured node ("" for the model's own forward)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [p for p, _ in stack.values() if p]
+    return paths[-1] if paths else ""
+
+
 # ---------------------------------------------------------------- TFLite
 
 def tflite_layer_outputs(path: Path, x, manifest: dict | None = None) -> list[tuple[str, str, np.ndarray]]:

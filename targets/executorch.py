@@ -56,6 +56,7 @@ class ExecuTorch(Target):
     runtime = "ExecuTorch runtime (XNNPACK delegate)"
     runner_backend = "pte"
     quantizer = "pt2e-xnnpack"
+    float_fallback = True  # int8 layers can stay in float (--max-drop): left unannotated by module path
     requires = (("executorch", "executorch"), ("torchao", "torchao"))
     extra = "executorch"
     unsupported = {
@@ -84,6 +85,7 @@ class ExecuTorch(Target):
                          "flow": "torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch"}
         if precision == "int8":
             ep, details["quantization"] = self.get_quantizer().convert(prepared, ctx.example_tensors())
+            _CONVERTED[str(out.resolve())] = prepared.converted
         else:
             try:
                 with torch.no_grad():
@@ -107,6 +109,22 @@ class ExecuTorch(Target):
 
     def versions(self) -> dict[str, str | None]:
         return {"executorch": pkg_version("executorch"), "torchao": pkg_version("torchao"), "torch": pkg_version("torch")}
+
+    def layer_outputs(self, path: Path, model, x, manifest: dict | None = None):
+        """Per layer, for --max-drop during the build that made the artifact: the int8 graph PT2E
+        converted, run in PyTorch (ExecuTorch does not expose the XNNPACK delegate's intermediate
+        tensors). A finished .pte holds no such graph: `edge explain` compares its output only."""
+        converted = _CONVERTED.get(str(Path(path).resolve()))
+        if converted is None:
+            return None
+        from edge.quantize.sensitivity import pt2e_layers
+
+        return pt2e_layers(converted, model, x)
+
+
+# int8 graphs of the artifacts this process exported, by path, for layer_outputs (the fallback stage
+# ranks layers right after the export; a .pte on disk cannot give them back)
+_CONVERTED: dict[str, object] = {}
 
 
 def lower(ep) -> tuple[bytes, dict]:

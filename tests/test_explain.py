@@ -112,7 +112,7 @@ def test_explain_cli(planted, tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no manifest.json" in bad.stderr
 
 
-@pytest.mark.parametrize("target", ["onnx", "tflite"])
+@pytest.mark.parametrize("target", ["onnx", "tflite", "executorch"])
 def test_max_drop_keeps_the_planted_layer_in_float(target, planted, tmp_path):
     out = tmp_path / "budget"
     m = build(out, planted["block2"], target, eval=str(planted["photos"]), budget={"max_top1_drop": 5.0})
@@ -122,7 +122,7 @@ def test_max_drop_keeps_the_planted_layer_in_float(target, planted, tmp_path):
     assert any(k.startswith("block2.") for k in fb["kept_float"]) and len(fb["kept_float"]) <= 2
     assert fb["size_bytes"] > fb["int8_size_bytes"] and fb["ms_per_sample"] > 0
     q = m["target_details"]["quantization"]
-    assert q["excluded_nodes" if target == "onnx" else "float_ops"] == fb["kept_float_nodes"]
+    assert q[{"onnx": "excluded_nodes", "tflite": "float_ops", "executorch": "kept_float"}[target]] == fb["kept_float_nodes"]
     # the artifact on disk is the one that met the budget, and it still does in a fresh check (the data and the
     # network named here, not read from the build folder)
     (r,) = edge.verify(out, str(planted["photos"]), model=MODEL, weights=str(planted["block2"]))
