@@ -72,6 +72,10 @@ test-device: setup sysdeps
 bench: setup
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/lite0_imagenette.py --tag after
+	$(BIN)/python benchmarks/lite0_imagenette.py --targets executorch --tag executorch
+	$(BIN)/python benchmarks/executorch_annotation.py
+	$(BIN)/python benchmarks/executorch_depthwise.py
+	$(BIN)/python benchmarks/latency_matrix.py --cells fp32:executorch,int8:executorch,int8:tflite --tag executorch --no-pi-emu
 	$(BIN)/python benchmarks/accuracy_int8.py
 	$(BIN)/python benchmarks/build_time_tflite.py
 	$(BIN)/python benchmarks/harness_overhead.py
