@@ -246,6 +246,7 @@ def test_trained_int8_weights_reach_onnx_and_tflite_exactly(tiny, tmp_path):
             assert diffs and min(diffs) == 0.0, f"{name}: trained int8 levels not kept ({min(diffs, default=None)})"
 
 
+@pytest.mark.slow  # a minute: two trainings and a lowering (the default run's QAT test covers the flow)
 def test_pt2e_qat_trains_and_the_pte_keeps_the_learned_ranges(tiny, tmp_path):
     """executorch --qat: PT2E's own QAT flow trains (observers frozen late, the held-out pick), and
     the .pte computes what the trained fake-quant graph computes: the learned ranges and weights
