@@ -5,6 +5,7 @@ EdgeError (exit 1): conversion, runtime or parity failed on valid input.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 
 # A full disk or a folder that cannot be written: the CLI says so in one line (exit 1). Wrappers
@@ -51,6 +52,21 @@ def require(module: str, purpose: str, package: str | None = None, extra: str | 
         if e.name and not module.startswith(e.name.split(".")[0]) and e.name != module:
             raise MissingDependencyError(e.name.split(".")[0], purpose, extra) from e
         raise MissingDependencyError(package or module.split(".")[0], purpose, extra) from e
+
+
+@contextlib.contextmanager
+def one_line(what: str):
+    """Turn any failure inside the block into a one-line ConversionError ("{what}: Type: first
+    line"); edge's own errors and a full disk pass through as they are."""
+    try:
+        yield
+    except (UserError, ConversionError):
+        raise
+    except Exception as e:
+        if write_failure(e):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConversionError(f"{what}: {type(e).__name__}: {first}") from e
 
 
 def write_failure(e: BaseException) -> bool:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.errors import ConversionError, UserError, write_failure
+from edge.errors import ConversionError, UserError, one_line, write_failure
 from edge.quantize.base import Quantizer, register_quantizer
 
 METHODS = ("histogram", "minmax")  # activation observers; the first is the default
@@ -58,16 +58,9 @@ class Pt2ePrepared:
 @contextlib.contextmanager
 def _stage(name: str):
     """Turn any failure inside the block into a one-line ConversionError naming the stage."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    except (UserError, ConversionError):
-        raise
-    except Exception as e:
-        if write_failure(e):
-            raise
-        raise ConversionError(f"int8 PT2E quantization failed in {name}: {type(e).__name__}: {_first(e)}") from e
+    with warnings.catch_warnings(), one_line(f"int8 PT2E quantization failed in {name}"):
+        warnings.simplefilter("ignore")
+        yield
 
 
 def export_reason(e: BaseException) -> str:

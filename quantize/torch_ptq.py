@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.errors import ConversionError, UserError, write_failure
+from edge.errors import ConversionError, UserError, one_line
 from edge.quantize.base import Quantizer, register_quantizer
 
 if TYPE_CHECKING:
@@ -214,18 +214,9 @@ def _quiet_deprecations():
         yield
 
 
-@contextlib.contextmanager
 def _stage(name: str):
     """Turn any failure inside the block into a one-line ConversionError naming the stage."""
-    try:
-        yield
-    except (UserError, ConversionError):
-        raise
-    except Exception as e:
-        if write_failure(e):
-            raise
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ConversionError(f"int8 {ENGINE} quantization failed in {name}: {type(e).__name__}: {first}") from e
+    return one_line(f"int8 {ENGINE} quantization failed in {name}")
 
 
 def _calibrate(prepared, calib, batch_size: int) -> None:

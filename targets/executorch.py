@@ -19,6 +19,7 @@ import numpy as np
 
 from edge.errors import ConversionError, UserError, write_failure
 from edge.runner import Runner
+from edge.quantize.pt2e_xnnpack import _first
 from edge.targets.base import ExportContext, Exported, Target, io_specs, pkg_version, register_target
 
 log = logging.getLogger("edge")
@@ -158,11 +159,6 @@ def lower(ep) -> tuple[bytes, dict]:
         log.warning("executorch: %d node(s) left outside XNNPACK, on the portable kernels: %s",
                     outside, ", ".join(f"{k} x{v}" for k, v in sorted(left.items())))
     return bytes(data), record
-
-
-def _first(e: BaseException) -> str:
-    lines = [s for s in str(e).strip().splitlines() if s.strip()]
-    return lines[0][:200] if lines else ""
 
 
 register_target(ExecuTorch())
