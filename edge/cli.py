@@ -158,8 +158,9 @@ def parser() -> argparse.ArgumentParser:
                     help="input shape for an artifact without a manifest: a .ptl, or one with dynamic dims")
     _json_arg(be, "the results and the machine fingerprint")
     g = be.add_argument_group("on a device")
-    g.add_argument("--device", metavar="DEVICE", help="ssh://user@host[:port] (a real board) or pi-emu "
-                   "(the emulated Pi: outputs checked against the host, timings emulated)")
+    g.add_argument("--device", metavar="DEVICE", help="ssh://user@host[:port] (a real board), pi-emu or pi-emu:trixie "
+                   "(the emulated Pi, Bookworm or Trixie (.pte too): outputs checked against the host, "
+                   "timings emulated)")
     g.add_argument("--device-python", default="python3", help="ssh: the device's python")
     g.add_argument("--ssh-key", metavar="FILE", help="ssh: identity file")
     g.add_argument("--ssh-option", metavar="KEY=VALUE", action="append", default=[],
