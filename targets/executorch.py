@@ -19,7 +19,7 @@ import numpy as np
 
 from edge.errors import ConversionError, UserError, write_failure
 from edge.runner import Runner
-from edge.quantize.pt2e_xnnpack import _first
+from edge.quantize.pt2e_xnnpack import _first, fold_zero_pads
 from edge.targets.base import ExportContext, Exported, Target, io_specs, pkg_version, register_target
 
 log = logging.getLogger("edge")
@@ -91,6 +91,10 @@ class ExecuTorch(Target):
             try:
                 with torch.no_grad():
                     ep = torch.export.export(ctx.model, ctx.example_tensors())
+                    graph = ep.module()
+                    details["zero_pads_folded_into_conv"] = fold_zero_pads(graph)
+                    if details["zero_pads_folded_into_conv"]:
+                        ep = torch.export.export(graph, ctx.example_tensors())
             except Exception as e:
                 if write_failure(e):
                     raise

@@ -266,3 +266,31 @@ def test_tied_top_scores_break_as_argmax_does_and_are_counted():
     r = compare(y, y, "int8", {}, "test", labels)
     assert r.figures["top1_agreement"] == 1.0
     assert r.figures["top1_ties"] == int(((y == y.max(1, keepdims=True)).sum(1) > 1).sum()) > 1000
+
+
+def test_symmetric_zero_pads_fold_into_the_conv_and_others_stay():
+    """fold_zero_pads: a symmetric zero pad feeding a conv becomes the conv's padding (same
+    output); asymmetric, non-zero and shared pads are left alone."""
+    from edge.quantize.pt2e_xnnpack import fold_zero_pads
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sym, self.asym = torch.nn.ZeroPad2d(2), torch.nn.ZeroPad2d((0, 1, 0, 1))
+            self.ones = torch.nn.ConstantPad2d(1, 1.0)
+            self.c1, self.c2 = torch.nn.Conv2d(3, 4, 5, padding=1), torch.nn.Conv2d(4, 4, 3, stride=2, groups=4)
+            self.c3, self.c4 = torch.nn.Conv2d(4, 4, 3), torch.nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            y = self.c2(self.asym(self.c1(self.sym(x))))
+            shared = self.sym(y)  # feeds a conv and an add: must stay
+            return self.c3(self.ones(y)) + self.c4(shared)[..., 2:-2, 2:-2].mean() + shared.mean()
+
+    net, x = Net().eval(), torch.randn(1, 3, 16, 16)
+    gm = torch.export.export(net, (x,)).module()
+    assert fold_zero_pads(gm) == 1
+    pads = [n for n in gm.graph.nodes if "pad" in str(n.target)]
+    assert len(pads) == 3
+    convs = [n for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    assert list(convs[0].args[4]) == [3, 3]
+    torch.testing.assert_close(gm(x), net(x), rtol=0, atol=0)
