@@ -190,6 +190,22 @@ def parser() -> argparse.ArgumentParser:
                          "arm64 Trixie (Python 3.13), which also runs .pte files (executorch-numpy-runtime)")
     ds.add_argument("--force", action="store_true", help="rebuild it even if it is set up")
 
+    sw = command("sweep", "build and time a grid of models, targets, precisions and devices from a plan (TOML); "
+                          "resumable")
+    sw.add_argument("plan", metavar="PLAN", help="the plan file (see `edge sweep --help` and the README)")
+    sw.add_argument("--out", help="output folder (default: the plan's `out`)")
+
+    rp = command("report", "a sweep's results as HTML and Markdown, with Pareto fronts; --recommend says what to ship")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="sweep output folders")
+    rp.add_argument("--out", help="where to write report.html and report.md (default: the first DIR)")
+    r = rp.add_argument_group("recommendation")
+    r.add_argument("--recommend", action="store_true", help="print the artifact to ship under the constraints below")
+    r.add_argument("--device", default="host", help="the device to ship to, as named in the plan")
+    r.add_argument("--threads", type=int, help="only timings at this thread count")
+    r.add_argument("--max-latency-ms", type=float, help="largest p50 latency on the device, ms")
+    r.add_argument("--max-size-mb", type=float, help="largest artifact, MB")
+    r.add_argument("--max-drop", type=float, help="largest top-1 drop from fp32, percentage points")
+
     mo = command("models", "list the registered models (from the catalog: nothing is built)")
     _json_arg(mo, "the list")
     ta = command("targets", "list the targets, their precisions, quantizers and what they cannot do")
@@ -301,6 +317,34 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(format_table(results))
     if a.json:
         _emit_json(a.json, document(results))
+    return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from edge.sweep import load_plan, run
+
+    plan = load_plan(a.plan)
+    out = a.out or plan.out
+    if not out:
+        raise UserError(f"{a.plan} names no `out` folder; pass --out DIR")
+    doc = run(plan, Path(out), progress=not _quiet(a))
+    print(f"{len(doc['rows'])} timings, {len(doc['failed'])} failed, {len(doc['skipped'])} skipped: "
+          f"{Path(out) / 'sweep.json'} (next: edge report {out})")
+    for f in doc["failed"]:
+        print(f"  failed {f['cell']} ({f['stage']}): {f['reason']}")
+    return 1 if doc["failed"] else 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from edge import report
+
+    rows, failed = report.load([Path(d) for d in a.dirs])
+    html, md = report.write(rows, failed, Path(a.out or a.dirs[0]))
+    print(f"{html}\n{md}")
+    if a.recommend:
+        rec = report.recommend(rows, a.device, a.max_latency_ms, a.max_size_mb, a.max_drop, threads=a.threads)
+        print(("ship: " if rec.choice else "no recommendation: ") + rec.reason)
+        return 0 if rec.choice else 1
     return 0
 
 
@@ -430,7 +474,7 @@ def _emit_json(path: str, data: dict) -> None:
 
 
 COMMANDS = {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench, "explain": cmd_explain, "device": cmd_device,
-            "models": cmd_models, "targets": cmd_targets}
+            "sweep": cmd_sweep, "report": cmd_report, "models": cmd_models, "targets": cmd_targets}
 
 
 def _quiet(a) -> bool:
