@@ -26,10 +26,10 @@ run: setup
 # QEMU user-mode emulation and debootstrap (the emulated Raspberry Pi); and libusb, which
 # tflite-support's native metadata helpers link (TFLite metadata). Installed only when
 # missing and only as root; without them those tests skip and say why.
-SYSDEPS := openssh-server qemu-user-static debootstrap libusb-1.0-0
+SYSDEPS := openssh-server qemu-user-static debootstrap libusb-1.0-0 chromium
 sysdeps:
 	@if [ -x /usr/sbin/sshd ] && [ -x /usr/bin/qemu-aarch64-static ] && command -v debootstrap >/dev/null \
-		&& /sbin/ldconfig -p | grep -q libusb-1.0.so.0; then :; \
+		&& /sbin/ldconfig -p | grep -q libusb-1.0.so.0 && command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSDEPS) >/dev/null; \
 	else echo "make: not root or no apt-get; the tests that need $(SYSDEPS) will skip"; fi

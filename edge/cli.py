@@ -194,6 +194,8 @@ def parser() -> argparse.ArgumentParser:
                           "resumable")
     sw.add_argument("plan", metavar="PLAN", help="the plan file (see `edge sweep --help` and the README)")
     sw.add_argument("--out", help="output folder (default: the plan's `out`)")
+    sw.add_argument("--ray", metavar="auto|ADDRESS", help="run the cells as tasks on a Ray cluster (builds on any "
+                    "node; each device's benches on the node offering its resource edge_device_DEVICE)")
 
     rp = command("report", "a sweep's results as HTML and Markdown, with Pareto fronts; --recommend says what to ship")
     rp.add_argument("dirs", nargs="+", metavar="DIR", help="sweep output folders")
@@ -327,7 +329,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     out = a.out or plan.out
     if not out:
         raise UserError(f"{a.plan} names no `out` folder; pass --out DIR")
-    doc = run(plan, Path(out), progress=not _quiet(a))
+    doc = run(plan, Path(out), progress=not _quiet(a), ray=a.ray)
     print(f"{len(doc['rows'])} timings, {len(doc['failed'])} failed, {len(doc['skipped'])} skipped: "
           f"{Path(out) / 'sweep.json'} (next: edge report {out})")
     for f in doc["failed"]:

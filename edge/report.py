@@ -120,8 +120,9 @@ def _group(device: str, threads: int | None, rows: list[dict]) -> Group:
 
 
 def _front(rows: list[dict], x, basis: str) -> tuple[dict, ...]:
-    """The rows on the front of accuracy against x, by increasing x; rows without either left out."""
-    shown = [r for r in rows if x(r) is not None and accuracy(r, basis) is not None]
+    """The rows on the front of accuracy against x, by increasing x; rows without either, and rows
+    that missed their parity budget (not shippable), left out."""
+    shown = [r for r in rows if x(r) is not None and accuracy(r, basis) is not None and r.get("parity_passed", True)]
     return tuple(shown[i] for i in pareto_front([(x(r), accuracy(r, basis)) for r in shown]))
 
 

@@ -286,6 +286,7 @@ def fingerprint(path: str | None) -> str | None:
 
 def build_key(plan: Plan, cell: Cell) -> str:
     from edge.targets import TARGETS
+    from edge.targets.base import pkg_version
 
     opts = _build_options(plan, cell.precision, cell.model)
     inputs = {"cell": dataclasses.asdict(cell), "options": opts,
@@ -293,81 +294,105 @@ def build_key(plan: Plan, cell: Cell) -> str:
               "weights": fingerprint(opts.get("weights")) if opts.get("weights") not in (None, "imagenet", "random")
               else opts.get("weights"),
               "data": {k: fingerprint(opts.get(k)) for k in PATH_KEYS},
-              "versions": {"edge": mf.all_versions().get("edge"), **TARGETS.get(cell.target).versions()}}
+              "versions": {"edge": pkg_version("edge"), **TARGETS.get(cell.target).versions()}}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run(plan: Plan, out: Path, *, progress: bool = True) -> dict:
+def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None) -> dict:
     """Build and time every cell (skipping those whose key has not changed); returns and writes
-    OUT/sweep.json: {"schema", "plan", "rows", "failed", "skipped", "environment"}."""
+    OUT/sweep.json: {"schema", "plan", "rows", "failed", "skipped", "environment"}. With `ray`
+    (auto or a cluster's address) the builds and benches run as Ray tasks (edge.sweep_ray), and
+    their files come back here."""
     from edge.benchmark import host_environment
     from edge.progress import Counter
 
     cells, skipped = grid(plan)
-    devs = devices(plan)
+    if ray is None:
+        devices(plan)
+        from edge.sweep_local import LocalPool as Pool
+    else:
+        from edge.sweep_ray import RayPool as Pool
+    pool = Pool(plan, ray) if ray is not None else Pool(plan)
     out.mkdir(parents=True, exist_ok=True)
     benches = [(c, d, t) for c in cells for d in plan.devices for t in plan.threads]
     counter = Counter(len(cells) + len(benches), "sweep", unit="cell") if progress else None
     done = failed = 0
     start = time.perf_counter()
+    failures: list[dict] = []
 
-    def tick():
-        nonlocal done
+    def tick(error: dict | None = None):
+        nonlocal done, failed
         done += 1
+        if error:
+            failed += 1
+            failures.append(error)
+            log.warning("sweep: %s (%s) failed: %s", error["cell"], error["stage"], error["reason"])
         if counter:
             left = (time.perf_counter() - start) / done * (counter.total - done)
             counter.update(done, failed=failed, seconds_left=round(left))
 
-    built, failures = {}, []
+    keys = {cell: build_key(plan, cell) for cell in cells}
+    built, todo = {}, []
     for cell in cells:
-        folder = out / "cells" / _model_name(cell.model) / cell.precision
-        try:
-            built[cell] = _build(plan, cell, folder)
-        except EdgeError as e:
-            failed += 1
-            failures.append({"cell": cell.name, "stage": "build", "reason": str(e)})
-            log.warning("sweep: %s failed: %s", cell.name, e)
+        folder, key = cell_folder(out, cell), keys[cell]
+        if _same_key(folder / STAMP, key) and (folder / mf.MANIFEST).is_file():
+            log.info("sweep: %s unchanged, not rebuilt", cell.name)
+            built[cell] = folder
+            tick()
+        else:
+            todo.append((cell, key))
+    for cell, key, outcome in pool.builds(todo):
+        if "error" in outcome:
+            tick({"cell": cell.name, "stage": "build", "reason": outcome["error"]})
+            continue
+        built[cell] = unpack(outcome["files"], cell_folder(out, cell))
         tick()
-    rows = []
+
+    rows, todo = [], []
     for cell, spec, threads in benches:
         if cell not in built:
             tick()
             continue
-        try:
-            row = _bench(plan, cell, built[cell], spec, devs[spec], threads)
-            if row is not None:
-                rows.append(row)
-            else:
-                skipped.append({"cell": cell.name, "device": spec, "reason": "the device cannot run this target"})
-        except EdgeError as e:
-            failed += 1
-            failures.append({"cell": cell.name, "stage": f"bench on {spec}", "reason": str(e)})
-            log.warning("sweep: %s on %s failed: %s", cell.name, spec, e)
+        path, key = bench_path(built[cell], spec, threads), bench_key(plan, keys[cell], spec, threads)
+        if _same_key(path, key):
+            log.info("sweep: %s on %s (threads: %s) unchanged, not timed again", cell.name, spec, threads or "default")
+            rows.append(json.loads(path.read_text())["row"])
+            tick()
+        else:
+            todo.append((cell, spec, threads, key, built[cell]))
+    for (cell, spec, threads, key, folder), outcome in pool.benches(todo):
+        if "error" in outcome:
+            tick({"cell": cell.name, "stage": f"bench on {spec}", "reason": outcome["error"]})
+            continue
+        if "skip" in outcome:
+            skipped.append({"cell": cell.name, "device": spec, "reason": outcome["skip"]})
+        else:
+            row = outcome["row"] | {"artifact": str(folder / Path(outcome["row"]["artifact"]).name)}
+            mf.write_json_atomic(bench_path(folder, spec, threads), {"key": key, "row": row, "result": outcome["result"]})
+            rows.append(row)
         tick()
     if counter:
         counter.close()
     doc = {"schema": SCHEMA, "plan": plan.as_dict(), "rows": [_relative(r, out) for r in rows], "failed": failures,
-           "skipped": skipped, "environment": host_environment()}
+           "skipped": skipped, "environment": host_environment(), "executor": pool.describe()}
     mf.write_json_atomic(out / "sweep.json", doc)
     return doc
 
 
-def _build(plan: Plan, cell: Cell, folder: Path) -> Path:
-    """The cell's manifest path: built now, or as left by an earlier run with the same key."""
-    from edge.config import BuildConfig
-    from edge.pipeline import build
+STAMP = "sweep-cell.json"
 
-    key = build_key(plan, cell)
-    target_dir = folder / cell.target
-    stamp = target_dir / "sweep-cell.json"
-    if _same_key(stamp, key) and (target_dir / mf.MANIFEST).is_file():
-        log.info("sweep: %s unchanged, not rebuilt", cell.name)
-        return target_dir / mf.MANIFEST
-    stamp.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    build(BuildConfig(model=cell.model, targets=(cell.target,), out=str(folder), **_build_options(plan, cell.precision, cell.model)))
-    mf.write_json_atomic(stamp, {"key": key, "cell": cell.name, "seconds": round(time.perf_counter() - t0, 1)})
-    return target_dir / mf.MANIFEST
+
+def cell_folder(out: Path, cell: Cell) -> Path:
+    return out / "cells" / _model_name(cell.model) / cell.precision / cell.target
+
+
+def bench_path(folder: Path, spec: str, threads: int | None) -> Path:
+    safe = spec.replace("://", "-").replace("/", "-").replace(":", "-").replace("@", "-")
+    return folder / f"bench-{safe}-{threads or 'default'}t.json"
+
+
+def bench_key(plan: Plan, cell_key: str, spec: str, threads: int | None) -> str:
+    return hashlib.sha256(json.dumps([cell_key, spec, threads, plan.runs, plan.warmup]).encode()).hexdigest()
 
 
 def _same_key(stamp: Path, key: str) -> bool:
@@ -377,7 +402,81 @@ def _same_key(stamp: Path, key: str) -> bool:
         return False
 
 
-def _bench(plan: Plan, cell: Cell, manifest: Path, spec: str, device, threads: int | None) -> dict | None:
+# ---- the work of one cell, wherever it runs (this process, or a Ray worker on another node) ----
+
+def build_task(plan: Plan, cell: Cell, key: str) -> dict:
+    """Build one cell in a scratch folder; {"files": tar bytes of its target folder, with the
+    stamp} or {"error": the one-line reason}."""
+    import tempfile
+
+    from edge.config import BuildConfig
+    from edge.pipeline import build
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="edge-sweep-") as tmp:
+            t0 = time.perf_counter()
+            build(BuildConfig(model=cell.model, targets=(cell.target,), out=tmp,
+                              **_build_options(plan, cell.precision, cell.model)))
+            folder = Path(tmp) / cell.target
+            mf.write_json_atomic(folder / STAMP, {"key": key, "cell": cell.name, "node": os.uname().nodename,
+                                                  "seconds": round(time.perf_counter() - t0, 1)})
+            return {"files": pack(folder)}
+    except EdgeError as e:
+        return {"error": str(e)}
+
+
+def bench_task(plan: Plan, cell: Cell, spec: str, threads: int | None, folder: Path | None = None,
+               files: bytes | None = None) -> dict:
+    """Time one built cell on one device: {"row", "result"}, {"skip": why} or {"error": reason}.
+    The cell's files are a folder here, or the tar bytes a Ray task was given."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edge-sweep-bench-") as tmp:
+        if files is not None:
+            folder = unpack(files, Path(tmp) / "cell")
+        try:
+            device = None
+            if spec != "host":
+                from edge.device.remote import parse
+
+                device = parse(spec)
+            return _bench(cell, folder / mf.MANIFEST, spec, device, threads, plan)
+        except EdgeError as e:
+            return {"error": str(e)}
+
+
+def pack(folder: Path) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in sorted(folder.iterdir()):
+            tar.add(p, arcname=p.name)
+    return buf.getvalue()
+
+
+def unpack(data: bytes, folder: Path) -> Path:
+    """A cell's files into `folder`, replacing what was there in one rename (never half a cell)."""
+    import io
+    import shutil
+    import tarfile
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(staging, filter="data")
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _bench(cell: Cell, manifest: Path, spec: str, device, threads: int | None, plan: Plan) -> dict:
     from edge.benchmark import bench
 
     m = mf.read(manifest)
@@ -385,21 +484,15 @@ def _bench(plan: Plan, cell: Cell, manifest: Path, spec: str, device, threads: i
     if device is not None:
         try:
             device.check(artifact)
-        except UserError:
-            return None
-    safe = spec.replace("://", "-").replace("/", "-").replace(":", "-").replace("@", "-")
-    result_path = manifest.parent / f"bench-{safe}-{threads or 'default'}t.json"
-    key = hashlib.sha256(json.dumps([build_key(plan, cell), spec, threads, plan.runs, plan.warmup]).encode()).hexdigest()
-    if _same_key(result_path, key):
-        log.info("sweep: %s on %s (threads: %s) unchanged, not timed again", cell.name, spec, threads or "default")
-        return json.loads(result_path.read_text())["row"]
+        except UserError as e:
+            return {"skip": str(e)}
     busy = _busy_share() if device is None or device.emulated else None
     load = list(os.getloadavg())
     r = bench([str(artifact)], threads=threads, runs=plan.runs, warmup=plan.warmup, progress=False, device=device)[0]
     row = _row(cell, m, r, spec, threads, artifact) | {"load_average": load, "busy_before": busy,
-                                                        "under_load": busy is not None and busy > BUSY}
-    mf.write_json_atomic(result_path, {"key": key, "row": row, "result": r})
-    return row
+                                                        "under_load": busy is not None and busy > BUSY,
+                                                        "node": os.uname().nodename}
+    return {"row": row, "result": r}
 
 
 def _busy_share(seconds: float = 1.0) -> float | None:

@@ -273,3 +273,50 @@ def test_load_rejects_what_is_not_a_sweep(tmp_path, doc):
     (tmp_path / "sweep.json").write_text(json.dumps(doc))
     with pytest.raises(UserError, match="sweep"):
         report.load([tmp_path])
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (Debian: apt-get install chromium; "
+                                                "`make sysdeps` installs it)")
+def test_html_renders_in_headless_chromium(tmp_path, sweep_rows):
+    """The report opens in a real browser with no network: the DOM Chromium builds holds the
+    tables and every plot, nothing failed to load, and the screenshot is not blank. The
+    screenshot is kept in $EDGE_TEST_ARTIFACTS (default: test-artifacts/)."""
+    import os
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    html_path, _ = report.write(sweep_rows, FAILED, tmp_path / "out")
+    shots = Path(os.environ.get("EDGE_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
+    shots.mkdir(parents=True, exist_ok=True)
+    png = shots / "report.png"
+    png.unlink(missing_ok=True)
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+            "--proxy-server=127.0.0.1:9", "--window-size=1400,2400"]  # any fetch would fail loudly
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run([*base, "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120, env=env)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<svg") == 5 and dom.stdout.count("<table>") >= 2
+    errors = [ln for ln in dom.stderr.splitlines() if "net::ERR" in ln or "Failed to load" in ln
+              or ("CONSOLE" in ln and "error" in ln.lower())]
+    assert not errors, errors
+    shot = subprocess.run([*base, f"--screenshot={png}", html_path.as_uri()], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert shot.returncode == 0 and png.is_file(), shot.stderr[-2000:]
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float32)
+    assert pixels.shape[0] >= 2000 and pixels.std() > 5  # text, tables and plots, not a blank page
+
+
+def test_an_artifact_that_missed_its_budget_is_on_no_front(host_rows):
+    [host] = [g for g in report.groups(host_rows) if g.device == "host"]
+    names = {(r["target"], r["precision"]) for r in host.latency_front + host.size_front}
+    assert ("executorch", "int8") not in names  # fastest and smallest, but it failed parity
+    assert ("tflite", "int8") in names and ("onnx", "fp32") in names
