@@ -12,8 +12,8 @@ people deploy, and are made here as the fx-qnnpack recipe makes them (quantize/t
   fuses ReLU, so the convolution's raw output is observed and the int8 range covers values the
   clamp then discards. Annotated here as one pattern whose output is observed after the clamp.
   EfficientNet-Lite0, 500 imagenette/train photos calibrating, all 4,000 imagenette/eval photos
-  (benchmarks/executorch_annotation.py): 71.58% top-1 with the stock annotation, 72.85% with this
-  one and the next (+1.27 pp, 95% CI +0.35..+2.23, McNemar p = 0.006); fp32 72.62%.
+  (benchmarks/executorch_annotation.py): 71.58% top-1 with the stock annotation, 72.95% with this
+  one, the next and the pad fold (+1.38 pp, 95% CI +0.47..+2.30, McNemar p = 0.003); fp32 72.62%.
 * zero padding (ZeroPad2d, TF "SAME" padding) is left unannotated, so the following convolution
   observes and requantizes the padded tensor. Padding with zeros keeps the range: it shares its
   input's quantization, and XNNPACK runs it as a quantized pad.
