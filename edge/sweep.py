@@ -314,21 +314,32 @@ def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None)
         from edge.sweep_ray import RayPool as Pool
     pool = Pool(plan, ray) if ray is not None else Pool(plan)
     out.mkdir(parents=True, exist_ok=True)
-    benches = [(c, d, t) for c in cells for d in plan.devices for t in plan.threads]
+    # an emulated device's timings say nothing (not reported): its outputs are checked once, at
+    # the first thread count, in one run
+    benches = [(c, d, t) for c in cells for d in plan.devices
+               for t in (plan.threads[:1] if d.startswith("pi-emu") else plan.threads)]
     counter = Counter(len(cells) + len(benches), "sweep", unit="cell") if progress else None
     done = failed = 0
-    start = time.perf_counter()
+    spent = {"build": [0, 0.0], "bench": [0, 0.0]}  # kind -> [cells done, seconds]: builds cost far more
+    last = time.perf_counter()
     failures: list[dict] = []
 
-    def tick(error: dict | None = None):
-        nonlocal done, failed
+    def tick(kind: str, error: dict | None = None):
+        nonlocal done, failed, last
         done += 1
+        now = time.perf_counter()
+        spent[kind][0] += 1
+        spent[kind][1] += now - last
+        last = now
         if error:
             failed += 1
             failures.append(error)
             log.warning("sweep: %s (%s) failed: %s", error["cell"], error["stage"], error["reason"])
         if counter:
-            left = (time.perf_counter() - start) / done * (counter.total - done)
+            builds_left = len(cells) - spent["build"][0]
+            per_build = spent["build"][1] / max(1, spent["build"][0])
+            per_bench = spent["bench"][1] / spent["bench"][0] if spent["bench"][0] else 10.0
+            left = builds_left * per_build + (counter.total - done - builds_left) * per_bench
             counter.update(done, failed=failed, seconds_left=round(left))
 
     keys = {cell: build_key(plan, cell) for cell in cells}
@@ -338,31 +349,31 @@ def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None)
         if _same_key(folder / STAMP, key) and (folder / mf.MANIFEST).is_file():
             log.info("sweep: %s unchanged, not rebuilt", cell.name)
             built[cell] = folder
-            tick()
+            tick("build")
         else:
             todo.append((cell, key))
     for cell, key, outcome in pool.builds(todo):
         if "error" in outcome:
-            tick({"cell": cell.name, "stage": "build", "reason": outcome["error"]})
+            tick("build", {"cell": cell.name, "stage": "build", "reason": outcome["error"]})
             continue
         built[cell] = unpack(outcome["files"], cell_folder(out, cell))
-        tick()
+        tick("build")
 
     rows, todo = [], []
     for cell, spec, threads in benches:
         if cell not in built:
-            tick()
+            tick("bench")
             continue
         path, key = bench_path(built[cell], spec, threads), bench_key(plan, keys[cell], spec, threads)
         if _same_key(path, key):
             log.info("sweep: %s on %s (threads: %s) unchanged, not timed again", cell.name, spec, threads or "default")
             rows.append(json.loads(path.read_text())["row"])
-            tick()
+            tick("bench")
         else:
             todo.append((cell, spec, threads, key, built[cell]))
     for (cell, spec, threads, key, folder), outcome in pool.benches(todo):
         if "error" in outcome:
-            tick({"cell": cell.name, "stage": f"bench on {spec}", "reason": outcome["error"]})
+            tick("bench", {"cell": cell.name, "stage": f"bench on {spec}", "reason": outcome["error"]})
             continue
         if "skip" in outcome:
             skipped.append({"cell": cell.name, "device": spec, "reason": outcome["skip"]})
@@ -370,7 +381,7 @@ def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None)
             row = outcome["row"] | {"artifact": str(folder / Path(outcome["row"]["artifact"]).name)}
             mf.write_json_atomic(bench_path(folder, spec, threads), {"key": key, "row": row, "result": outcome["result"]})
             rows.append(row)
-        tick()
+        tick("bench")
     if counter:
         counter.close()
     doc = {"schema": SCHEMA, "plan": plan.as_dict(), "rows": [_relative(r, out) for r in rows], "failed": failures,
@@ -488,7 +499,9 @@ def _bench(cell: Cell, manifest: Path, spec: str, device, threads: int | None, p
             return {"skip": str(e)}
     busy = _busy_share() if device is None or device.emulated else None
     load = list(os.getloadavg())
-    r = bench([str(artifact)], threads=threads, runs=plan.runs, warmup=plan.warmup, progress=False, device=device)[0]
+    emulated = device is not None and device.emulated
+    runs, warmup = (1, 0) if emulated else (plan.runs, plan.warmup)
+    r = bench([str(artifact)], threads=threads, runs=runs, warmup=warmup, progress=False, device=device)[0]
     row = _row(cell, m, r, spec, threads, artifact) | {"load_average": load, "busy_before": busy,
                                                         "under_load": busy is not None and busy > BUSY,
                                                         "node": os.uname().nodename}
@@ -520,7 +533,10 @@ def _row(cell: Cell, m: dict, r: dict, device: str, threads: int | None, artifac
             "p50_ms": None if emulated else lat.get("p50"), "p90_ms": None if emulated else lat.get("p90"),
             "emulated": emulated, "top1": p.get("top1"), "fp32_top1": p.get("reference_top1"),
             "drop_pp": p.get("top1_drop_pp"), "agreement": p.get("top1_agreement"),
-            "parity_passed": bool(p.get("passed")), "budget": p.get("budget", {})}
+            "parity_passed": bool(p.get("passed")), "budget": p.get("budget", {}),
+            # on an emulated or remote device: its output against this host's on the same input
+            "device_parity": {k: (r.get("parity_vs_host") or {}).get(k) for k in ("passed", "min_cosine", "max_abs_diff")}
+            if r.get("parity_vs_host") else None}
 
 
 def _relative(row: dict, out: Path) -> dict:

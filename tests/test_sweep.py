@@ -198,3 +198,22 @@ def test_report_of_a_sweep(tmp_path, capsys):
 
 def test_report_of_a_folder_without_a_sweep(tmp_path, capsys):
     assert "edge sweep" in one_error(["report", str(tmp_path)], capsys)
+
+
+@pytest.mark.pi_emu
+def test_a_sweep_on_the_emulated_pi_checks_outputs_once(tmp_path):
+    """pi-emu in a plan: one run at the first thread count, the output checked against the host,
+    no latency reported; a target the root has no runtime for is skipped with the reason."""
+    from edge.device import piemu
+
+    piemu.setup()
+    plan = write_plan(tmp_path, BASE.replace('targets = ["onnx"]', 'targets = ["onnx", "torchscript-mobile"]').replace(
+        "[build]", 'devices = ["host", "pi-emu"]\n[build]').replace("runs = 5", "runs = 5\nthreads = [1, 2]"))
+    assert main(["sweep", str(plan)]) == 0
+    doc = json.loads((tmp_path / "res" / "sweep.json").read_text())
+    [emu] = [r for r in doc["rows"] if r["device"] == "pi-emu"]
+    assert emu["cell"] == "tiny/fp32/onnx" and emu["threads"] == 1 and emu["emulated"] and emu["p50_ms"] is None
+    assert emu["device_parity"]["passed"] and emu["device_parity"]["min_cosine"] > 0.999
+    assert len([r for r in doc["rows"] if r["device"] == "host"]) == 4
+    [skip] = [s for s in doc["skipped"] if s.get("device") == "pi-emu"]
+    assert skip["cell"] == "tiny/fp32/torchscript-mobile" and "torch" in skip["reason"]
