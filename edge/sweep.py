@@ -139,7 +139,7 @@ def load_plan(path: str | Path) -> Plan:
     plan = Plan(models=models, model_build=model_build, targets=_names(data, "targets", where),
                 precisions=_names(data, "precisions", where), devices=_names(data, "devices", where, ("host",)), build=build, budget=dict(data.get("budget", {})),
                 threads=threads, runs=bench.get("runs", 30), warmup=bench.get("warmup", 5),
-                out=str(base / out) if isinstance(out, str) else None, source=where)
+                out=os.path.normpath(base / out) if isinstance(out, str) else None, source=where)
     _check_names(plan)
     return plan
 
