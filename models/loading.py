@@ -352,7 +352,9 @@ def load_model(spec: ModelSpec, weights: str = "imagenet", input_size=None) -> n
     with guarded(spec, "building the network"):
         model = spec.build()
     if weights == "imagenet" and spec.family == "custom":
-        raise UserError(f"--model {spec.name} is a custom network; pass --weights PATH or --weights random")
+        ref = spec.description.removeprefix("user model ")
+        raise UserError(f"--model {ref} is a custom network (no ImageNet weights); pass --weights PATH or "
+                        "--weights random")
     path = _imagenet_path(spec) if weights == "imagenet" else weights
     sd = load_state_dict(path)
     try:

@@ -146,6 +146,13 @@ def test_custom_model_needs_input_shape(out, tmp_path, capsys):
          "--input-shape", out=out)
 
 
+def test_custom_model_without_weights_names_the_file_and_factory(out, tmp_path, capsys):
+    f = tmp_path / "net.py"
+    f.write_text("import torch\ndef make():\n    return torch.nn.Conv2d(3, 4, 3)\n")
+    fail(["build", "--model", f"{f}:make", "--input-shape", "1,3,8,8", "--out", str(out)], capsys, 2,
+         f"--model {f}:make is a custom network", "--weights random", out=out)
+
+
 def test_custom_model_missing_factory(out, tmp_path, capsys):
     f = tmp_path / "net.py"
     f.write_text("x = 1\n")
