@@ -22,6 +22,7 @@ A plan is a TOML file (paths in it are relative to the plan's folder):
     threads = [1, 2]
     runs = 30
     warmup = 5
+    rounds = 3                                           # each artifact timed once per round
 
 Every cell is a build (model, precision, target) under OUT/cells/MODEL/PRECISION/TARGET, then a
 bench per device and thread count beside it (bench-DEVICE-Nt.json). A cell records the key of its
@@ -55,7 +56,7 @@ BUILD_KEYS = {"weights", "calib", "calib_method", "eval", "train", "io", "input_
 PATH_KEYS = ("calib", "eval", "train")
 BUDGET_KEYS = {"max_abs", "max_rel_abs", "min_cosine", "min_sqnr_db", "min_top1_agreement", "min_top5_overlap",
                "max_top1_drop"}
-BENCH_KEYS = {"threads", "runs", "warmup"}
+BENCH_KEYS = {"threads", "runs", "warmup", "rounds"}
 BUSY = 0.25  # another process's share of the CPUs in the second before a bench above which it is flagged
 
 
@@ -71,6 +72,7 @@ class Plan:
     threads: tuple[int | None, ...] = (1,)
     runs: int = 30
     warmup: int = 5
+    rounds: int = 1
     out: str | None = None
     source: str = ""  # the plan file, for messages
 
@@ -132,13 +134,14 @@ def load_plan(path: str | Path) -> Plan:
     threads = tuple(threads if isinstance(threads, list) else [threads])
     if not all(t is None or (isinstance(t, int) and t > 0) for t in threads):
         raise UserError(f"{where} [bench]: threads must be positive integers, e.g. threads = [1, 2]")
-    for k in ("runs", "warmup"):
-        if k in bench and (not isinstance(bench[k], int) or bench[k] < (1 if k == "runs" else 0)):
-            raise UserError(f"{where} [bench]: {k} must be a whole number{' >= 1' if k == 'runs' else ''}")
+    for k in ("runs", "warmup", "rounds"):
+        if k in bench and (not isinstance(bench[k], int) or bench[k] < (0 if k == "warmup" else 1)):
+            raise UserError(f"{where} [bench]: {k} must be a whole number{'' if k == 'warmup' else ' >= 1'}")
     out = data.get("out")
     plan = Plan(models=models, model_build=model_build, targets=_names(data, "targets", where),
                 precisions=_names(data, "precisions", where), devices=_names(data, "devices", where, ("host",)), build=build, budget=dict(data.get("budget", {})),
                 threads=threads, runs=bench.get("runs", 30), warmup=bench.get("warmup", 5),
+                rounds=bench.get("rounds", 1),
                 out=os.path.normpath(base / out) if isinstance(out, str) else None, source=where)
     _check_names(plan)
     return plan
@@ -371,17 +374,30 @@ def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None)
             tick("bench")
         else:
             todo.append((cell, spec, threads, key, built[cell]))
-    for (cell, spec, threads, key, folder), outcome in pool.benches(todo):
-        if "error" in outcome:
-            tick("bench", {"cell": cell.name, "stage": f"bench on {spec}", "reason": outcome["error"]})
-            continue
-        if "skip" in outcome:
-            skipped.append({"cell": cell.name, "device": spec, "reason": outcome["skip"]})
-        else:
-            row = outcome["row"] | {"artifact": str(folder / Path(outcome["row"]["artifact"]).name)}
-            mf.write_json_atomic(bench_path(folder, spec, threads), {"key": key, "row": row, "result": outcome["result"]})
-            rows.append(row)
-        tick("bench")
+    # rounds: every artifact timed once per round, the rounds one after another, so that a slow
+    # spell of the machine lands on every artifact; the row's p50/p90 are the medians over rounds
+    results: dict[tuple, list[dict]] = {}
+    for rnd in range(plan.rounds):
+        this = [t for t in todo if rnd == 0 or not t[1].startswith("pi-emu")]  # emulated: once
+        for item, outcome in pool.benches(this):
+            results.setdefault(item, []).append(outcome)
+            if rnd < plan.rounds - 1 and not item[1].startswith("pi-emu"):
+                continue
+            cell, spec, threads, key, folder = item
+            done_ = results[item]
+            bad = next((o for o in done_ if "error" in o or "skip" in o), None)
+            if bad is not None and "error" in bad:
+                tick("bench", {"cell": cell.name, "stage": f"bench on {spec}", "reason": bad["error"]})
+                continue
+            if bad is not None:
+                skipped.append({"cell": cell.name, "device": spec, "reason": bad["skip"]})
+            else:
+                row = _over_rounds([o["row"] for o in done_]) | {
+                    "artifact": str(folder / Path(done_[0]["row"]["artifact"]).name)}
+                mf.write_json_atomic(bench_path(folder, spec, threads),
+                                     {"key": key, "row": row, "results": [o["result"] for o in done_]})
+                rows.append(row)
+            tick("bench")
     if counter:
         counter.close()
     doc = {"schema": SCHEMA, "plan": plan.as_dict(), "rows": [_relative(r, out) for r in rows], "failed": failures,
@@ -391,6 +407,21 @@ def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None)
 
 
 STAMP = "sweep-cell.json"
+
+
+def _over_rounds(rows: list[dict]) -> dict:
+    """One row from a bench's rounds: p50/p90 the medians of the rounds' own, and the rounds' p50s."""
+    import statistics
+
+    row = dict(rows[0])
+    if len(rows) > 1 and all(r.get("p50_ms") is not None for r in rows):
+        row["p50_ms"] = statistics.median(r["p50_ms"] for r in rows)
+        row["p90_ms"] = statistics.median(r["p90_ms"] for r in rows)
+    row["rounds"] = len(rows)
+    row["p50_rounds_ms"] = [r.get("p50_ms") for r in rows]
+    row["under_load"] = any(r.get("under_load") for r in rows)
+    row["busy_before"] = max((r["busy_before"] for r in rows if r.get("busy_before") is not None), default=None)
+    return row
 
 
 def cell_folder(out: Path, cell: Cell) -> Path:
@@ -403,7 +434,7 @@ def bench_path(folder: Path, spec: str, threads: int | None) -> Path:
 
 
 def bench_key(plan: Plan, cell_key: str, spec: str, threads: int | None) -> str:
-    return hashlib.sha256(json.dumps([cell_key, spec, threads, plan.runs, plan.warmup]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([cell_key, spec, threads, plan.runs, plan.warmup, plan.rounds]).encode()).hexdigest()
 
 
 def _same_key(stamp: Path, key: str) -> bool:

@@ -73,6 +73,7 @@ def one_error(argv, capsys, code=2) -> str:
     (("models = [\"tiny\"]", ""), ("models is missing",)),
     (("runs = 5", "runs = 5\nthreads = [0]"), ("threads must be positive",)),
     (("runs = 5", "runs = 0"), ("runs must be",)),
+    (("runs = 5", "runs = 5\nrounds = 0"), ("rounds must be",)),
     (("out = \"res\"", "out = \"res\"\n[[x"), ("not valid TOML",)),
     (("[\"tiny\"]", "[\"gone.py:factory\"]"), ("gone.py not found",)),
     (("weights = \"random\"", "weights = \"random\"\nio = \"int4\""), ("io",)),
@@ -182,6 +183,16 @@ def test_a_sweep_builds_times_records_failures_and_resumes(tmp_path, capsys):
     assert main(["sweep", str(plan)]) == 1
     assert all(p.stat().st_mtime_ns == stamps[p] for p in artifacts)
     assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps if p.name.startswith("bench-"))
+
+
+def test_rounds_time_every_artifact_once_per_round(tmp_path):
+    plan = write_plan(tmp_path, BASE.replace("runs = 5", "runs = 5\nrounds = 3"))
+    assert main(["sweep", str(plan), "-q"]) == 0
+    [row] = json.loads((tmp_path / "res" / "sweep.json").read_text())["rows"]
+    assert row["rounds"] == 3 and len(row["p50_rounds_ms"]) == 3
+    assert row["p50_ms"] == sorted(row["p50_rounds_ms"])[1]  # the median of the rounds
+    [bench] = (tmp_path / "res" / "cells").rglob("bench-host-1t.json")
+    assert len(json.loads(bench.read_text())["results"]) == 3
 
 
 def test_report_of_a_sweep(tmp_path, capsys):
