@@ -56,6 +56,7 @@ class RayPool:
                 raise UserError(f"no node of the Ray cluster offers device {spec}: start the node that reaches it "
                                 f"with ray start --resources '{{\"{resource(spec)}\": 1}}'")
         self.nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        self._files: dict = {}  # a built cell's folder -> its files in Ray's object store
         # a worker lost with its node: the task runs again elsewhere (a build or bench is idempotent)
         self._build = ray.remote(num_cpus=1, max_retries=3)(build_task)
         self._bench = ray.remote(num_cpus=1, max_retries=3)(bench_task)
@@ -70,7 +71,9 @@ class RayPool:
         pending = {}
         for item in todo:
             cell, spec, threads, _key, folder = item
-            files = self.ray.put(pack(folder))
+            if folder not in self._files:  # once per cell, whatever the devices, threads and rounds
+                self._files[folder] = self.ray.put(pack(folder))
+            files = self._files[folder]
             ref = self._bench.options(resources={resource(spec): 1}).remote(self.plan, cell, spec, threads, None, files)
             pending[ref] = item
         yield from ((pending[ref], out) for ref, out in self._as_done(pending))
