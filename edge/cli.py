@@ -196,6 +196,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="output folder (default: the plan's `out`)")
     sw.add_argument("--ray", metavar="auto|ADDRESS", help="run the cells as tasks on a Ray cluster (builds on any "
                     "node; each device's benches on the node offering its resource edge_device_DEVICE)")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="run N builds at once, in worker processes "
+                    "(default 1; benches always run one at a time, after the builds)")
+    sw.add_argument("--retime", action="store_true", help="time every artifact again, rebuilding none, so that all "
+                    "the timings come from this run")
 
     rp = command("report", "a sweep's results as HTML and Markdown, with Pareto fronts; --recommend says what to ship")
     rp.add_argument("dirs", nargs="+", metavar="DIR", help="sweep output folders")
@@ -329,7 +333,11 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     out = a.out or plan.out
     if not out:
         raise UserError(f"{a.plan} names no `out` folder; pass --out DIR")
-    doc = run(plan, Path(out), progress=not _quiet(a), ray=a.ray)
+    if a.jobs < 1:
+        raise UserError(f"--jobs {a.jobs}: pass a number of builds to run at once, 1 or more")
+    if a.jobs > 1 and a.ray:
+        raise UserError("--jobs is for a local run; under --ray, the cluster's CPUs decide how many builds run at once")
+    doc = run(plan, Path(out), progress=not _quiet(a), ray=a.ray, jobs=a.jobs, retime=a.retime)
     print(f"{len(doc['rows'])} timings, {len(doc['failed'])} failed, {len(doc['skipped'])} skipped: "
           f"{Path(out) / 'sweep.json'} (next: edge report {out})")
     for f in doc["failed"]:

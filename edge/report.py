@@ -28,7 +28,7 @@ REQUIRED = ("cell", "model", "target", "precision", "device", "size_mb", "parity
 TIE = 0.02  # p50 figures within 2% of the fastest count as a tie, settled by accuracy, then size
 BASIS = {"top-1": "top-1 on labelled data (%)", "agreement": "top-1 agreement with the fp32 PyTorch model (%)"}
 COLUMNS = ("model", "target", "precision", "stages", "size MB", "device", "threads", "p50 ms", "p90 ms",
-           "top-1 %", "drop pp", "agreement", "parity", "front", "under load")
+           "p50 vs fp32", "top-1 %", "drop pp", "agreement", "parity", "front", "under load")
 CSS = ("body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#eee}"
        "td:nth-child(-n+4){text-align:left}.plots{display:flex;flex-wrap:wrap;gap:1em}svg{max-width:100%}")
@@ -42,7 +42,7 @@ def load(dirs: list[Path]) -> tuple[list[dict], list[dict]]:
     failed: list[dict] = []
     for folder in map(Path, dirs):
         doc = _read_sweep(folder)
-        rows += [r | {"artifact": _artifact_path(folder, r.get("artifact"))} for r in doc["rows"]]
+        rows += [r | {"artifact": _artifact_path(folder, r.get("artifact")), "sweep": str(folder)} for r in doc["rows"]]
         failed += doc.get("failed") or []
     return rows, failed
 
@@ -155,15 +155,26 @@ def _size(row: dict) -> float | None:
 
 # ---------------------------------------------------------------- tables, Markdown and HTML
 
+def vs_fp32(row: dict, rows: list[dict]) -> float | None:
+    """The row's p50 over the p50 of the fp32 artifact of the same model and target, timed on the
+    same device at the same threads in the same sweep (None for fp32 itself, or without one)."""
+    if row["precision"] == "fp32" or _p50(row) is None:
+        return None
+    base = next((r for r in rows if r["precision"] == "fp32" and _p50(r) and all(
+        r.get(k) == row.get(k) for k in ("model", "target", "device", "threads", "sweep"))), None)
+    return None if base is None else row["p50_ms"] / base["p50_ms"]
+
+
 def _table(gs: list[Group]) -> list[list[str]]:
     out = []
     for g in gs:
         on_front = {id(r) for r in g.latency_front}
+        ratio = {id(r): vs_fp32(r, g.rows) for r in g.rows}
         for r in sorted(g.rows, key=lambda r: (str(r["model"]), r["target"], r["precision"])):
             out.append([r["model"] or "-", r["target"], r["precision"], " > ".join(r.get("stages") or []) or "-",
                         _num(r["size_mb"]), r["device"] + (" (emulated)" if r.get("emulated") else ""),
                         _threads(r.get("threads"), short=True), _num(r.get("p50_ms")), _num(r.get("p90_ms")),
-                        _num(r.get("top1")), _num(r.get("drop_pp")), _num(r.get("agreement"), 3),
+                        "-" if ratio[id(r)] is None else f"{ratio[id(r)]:.2f}x", _num(r.get("top1")), _num(r.get("drop_pp")), _num(r.get("agreement"), 3),
                         "pass" if r["parity_passed"] else "FAIL", "yes" if id(r) in on_front else "",
                         "yes" if r.get("under_load") else ""])
     return out

@@ -301,11 +301,13 @@ def build_key(plan: Plan, cell: Cell) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None) -> dict:
+def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None, jobs: int = 1,
+        retime: bool = False) -> dict:
     """Build and time every cell (skipping those whose key has not changed); returns and writes
     OUT/sweep.json: {"schema", "plan", "rows", "failed", "skipped", "environment"}. With `ray`
     (auto or a cluster's address) the builds and benches run as Ray tasks (edge.sweep_ray), and
-    their files come back here."""
+    their files come back here; without, `jobs` builds run at once in worker processes. `retime`
+    times every artifact again (rebuilding none), so that a table's timings all come from one run."""
     from edge.benchmark import host_environment
     from edge.progress import Counter
 
@@ -315,7 +317,7 @@ def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None)
         from edge.sweep_local import LocalPool as Pool
     else:
         from edge.sweep_ray import RayPool as Pool
-    pool = Pool(plan, ray) if ray is not None else Pool(plan)
+    pool = Pool(plan, ray) if ray is not None else Pool(plan, jobs)
     out.mkdir(parents=True, exist_ok=True)
     # an emulated device's timings say nothing (not reported): its outputs are checked once, at
     # the first thread count, in one run
@@ -368,7 +370,7 @@ def run(plan: Plan, out: Path, *, progress: bool = True, ray: str | None = None)
             tick("bench")
             continue
         path, key = bench_path(built[cell], spec, threads), bench_key(plan, keys[cell], spec, threads)
-        if _same_key(path, key):
+        if not retime and _same_key(path, key):
             log.info("sweep: %s on %s (threads: %s) unchanged, not timed again", cell.name, spec, threads or "default")
             rows.append(json.loads(path.read_text())["row"])
             tick("bench")

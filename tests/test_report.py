@@ -204,6 +204,12 @@ def test_write_markdown(tmp_path, sweep_rows):
     assert by_key[("onnx", "fp16", "1", "host")][front] == ""  # dominated by tflite int8
     assert by_key[("executorch", "int8", "1", "host")][parity] == "FAIL"
     assert by_key[("onnx", "int8", "4", "host")][load] == "yes"
+    # int8 over fp32 of the same model, target, device and threads: onnx 6.90 / 20.0 ms; no fp32 to
+    # divide by for tflite (nor at 4 threads), and fp32 itself has no ratio
+    ratio = header.index("p50 vs fp32")
+    assert by_key[("onnx", "int8", "1", "host")][ratio] == "0.35x" and by_key[("onnx", "fp16", "1", "host")][ratio] == "0.40x"
+    assert {by_key[k][ratio] for k in [("tflite", "int8", "1", "host"), ("onnx", "fp32", "1", "host"),
+                                        ("onnx", "int8", "4", "host")]} == {"-"}
     assert by_key[("tflite", "int8", "default", "pi-emu (emulated)")][front] == ""
     # host at 4 threads: every row has top-1, so its fronts use top-1; tflite int8 is faster, onnx more accurate
     four = md[md.index("## Fronts on host, 4 threads"):md.index("## Fronts on pi-emu")]

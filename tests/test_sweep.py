@@ -185,6 +185,26 @@ def test_a_sweep_builds_times_records_failures_and_resumes(tmp_path, capsys):
     assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps if p.name.startswith("bench-"))
 
 
+def test_retime_times_again_without_rebuilding_and_jobs_build_in_parallel(tmp_path, capsys):
+    plan = write_plan(tmp_path, BASE.replace('targets = ["onnx"]', 'targets = ["onnx", "torchscript-mobile"]')
+                      .replace('precisions = ["fp32"]', 'precisions = ["fp32", "int8"]'))
+    assert main(["sweep", str(plan), "--jobs", "2", "-q"]) == 0  # four builds, two worker processes
+    doc = json.loads((tmp_path / "res" / "sweep.json").read_text())
+    assert doc["executor"] == {"kind": "local", "jobs": 2}
+    assert {r["cell"] for r in doc["rows"]} == {f"tiny/{p}/{t}" for p in ("fp32", "int8")
+                                                for t in ("onnx", "torchscript-mobile")}
+    assert all(r["parity_passed"] for r in doc["rows"])
+    stamps = lambda pattern: {p: p.stat().st_mtime_ns for p in (tmp_path / "res" / "cells").rglob(pattern)}
+    built, timed = stamps("sweep-cell.json"), stamps("bench-*.json")
+    assert len(built) == len(timed) == 4
+    assert main(["sweep", str(plan), "--retime", "-q"]) == 0
+    assert stamps("sweep-cell.json") == built
+    assert all(t != timed[p] for p, t in stamps("bench-*.json").items())
+    capsys.readouterr()
+    assert "--jobs 0" in one_error(["sweep", str(plan), "--jobs", "0"], capsys)
+    assert "--jobs" in one_error(["sweep", str(plan), "--jobs", "2", "--ray", "auto"], capsys)
+
+
 def test_rounds_time_every_artifact_once_per_round(tmp_path):
     plan = write_plan(tmp_path, BASE.replace("runs = 5", "runs = 5\nrounds = 3"))
     assert main(["sweep", str(plan), "-q"]) == 0
