@@ -10,8 +10,11 @@ this machine's, through EDGE_PI_EMU_ROOT). The local run must exist first:
 
     edge sweep benchmarks/plans/readme.toml --jobs 2
     python benchmarks/sweep_ray_parity.py [--plan benchmarks/plans/readme.toml] [--local DIR] [--work DIR]
+                                          [--compare-only]
 
 --work (default benchmarks/sweeps/readme-ray) is reused: a rerun resumes the Ray sweep there.
+--compare-only compares a finished Ray run in --work with the local one, starting no cluster (the
+run's time is then read from its files: the cluster's home folder to sweep.json).
 """
 from __future__ import annotations
 
@@ -48,8 +51,8 @@ def compare(local: Path, ray: Path) -> dict:
     rrows, rdoc = rows_by_key(ray)
     out = {"only_local": sorted(map(str, set(lrows) - set(rrows))), "only_ray": sorted(map(str, set(rrows) - set(lrows))),
            "failed": {"local": sorted(f["cell"] for f in ldoc["failed"]), "ray": sorted(f["cell"] for f in rdoc["failed"])},
-           "skipped": {"local": sorted((s["cell"], s["device"]) for s in ldoc["skipped"]),
-                       "ray": sorted((s["cell"], s["device"]) for s in rdoc["skipped"])},
+           "skipped": {"local": sorted((s["cell"], s.get("device") or "") for s in ldoc["skipped"]),
+                       "ray": sorted((s["cell"], s.get("device") or "") for s in rdoc["skipped"])},
            "rows": [], "executor": rdoc.get("executor")}
     for key in sorted(set(lrows) & set(rrows), key=str):
         lr, rr = lrows[key], rrows[key]
@@ -92,7 +95,15 @@ def main() -> None:
     ap.add_argument("--local", type=Path, default=HERE / "sweeps" / "readme")
     ap.add_argument("--work", type=Path, default=HERE / "sweeps" / "readme-ray")
     ap.add_argument("--timeout", type=float, default=4 * 3600)
+    ap.add_argument("--compare-only", action="store_true")
     a = ap.parse_args()
+    if a.compare_only:
+        seconds = (a.work / "ray" / "sweep.json").stat().st_mtime - (a.work / "home").stat().st_mtime
+        c = compare(a.local, a.work / "ray")
+        e = environment()
+        save("sweep_ray_parity", {"environment": e, "seconds": round(seconds), "cluster": None, "comparison": c},
+             markdown(c, e, seconds))
+        return
     if not (a.local / "sweep.json").is_file():
         sys.exit(f"no local run in {a.local}: run `edge sweep {a.plan}` first")
     if os.geteuid() != 0:
