@@ -3,11 +3,14 @@
 starts (a head and a second node, one CPU each, token authentication) is reachable from nothing
 else, and every process it leaves behind dies with the namespace. Nothing is stopped by name.
 
-    python tests/ray_cluster.py WORK PLAN [--kill-second-node]
+    python tests/ray_cluster.py WORK PLAN [--kill-second-node] [--second-node-resources JSON]
+                                          [--timeout SECONDS]
 
 Runs `edge sweep PLAN --ray` against the cluster into WORK/ray (with --kill-second-node, the second
 node's raylet is killed with SIGKILL as soon as the first cell is built, then the sweep is run again
-to finish), and prints a JSON summary."""
+to finish), and prints a JSON summary. The head offers the device `host`; the second node offers
+--second-node-resources (for example '{"edge_device_pi-emu": 1}': the emulated Pi's benches run
+there). benchmarks/sweep_ray_parity.py runs the README's plan this way."""
 from __future__ import annotations
 
 import json
@@ -26,8 +29,16 @@ WORKER_NM_PORT = 6401
 
 
 def main() -> None:
-    work, plan = Path(sys.argv[1]), sys.argv[2]
-    kill = "--kill-second-node" in sys.argv
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("work", type=Path)
+    ap.add_argument("plan")
+    ap.add_argument("--kill-second-node", action="store_true")
+    ap.add_argument("--second-node-resources", default=None)
+    ap.add_argument("--timeout", type=float, default=900)
+    a = ap.parse_args()
+    work, plan, kill = a.work, a.plan, a.kill_second_node
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     # token authentication (Ray's default): one fresh token shared by both nodes and the driver
     env = {**os.environ, "HOME": str(work / "home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
@@ -37,7 +48,7 @@ def main() -> None:
     # folder of this run's own (removed at the end), not the test's long tmp_path
     ray_tmp = tempfile.mkdtemp(prefix="edge-ray-", dir="/tmp")
     try:
-        run(work, plan, kill, env, ray_tmp)
+        run(work, plan, kill, env, ray_tmp, a.second_node_resources, a.timeout)
     finally:
         _stop_cluster()
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -57,14 +68,16 @@ def _stop_cluster() -> None:
     time.sleep(0.5)
 
 
-def run(work: Path, plan: str, kill: bool, env: dict, ray_tmp: str) -> None:
+def run(work: Path, plan: str, kill: bool, env: dict, ray_tmp: str, second: str | None = None,
+        timeout: float = 900) -> None:
     ray = str(Path(sys.executable).parent / "ray")
     edge = [sys.executable, "-m", "edge.cli"]
     t0 = time.perf_counter()
     common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1", "--object-store-memory=300000000"]
     _start([ray, "start", "--head", f"--port={PORT}", f"--temp-dir={ray_tmp}", "--include-dashboard=false",
             '--resources={"edge_device_host": 1}', *common], env)
-    _start([ray, "start", f"--address=127.0.0.1:{PORT}", f"--node-manager-port={WORKER_NM_PORT}", *common], env)
+    _start([ray, "start", f"--address=127.0.0.1:{PORT}", f"--node-manager-port={WORKER_NM_PORT}", *common,
+            *([f"--resources={second}"] if second else [])], env)
     started = time.perf_counter() - t0
     out = work / "ray"
     argv = [*edge, "sweep", plan, "--out", str(out), "--ray", f"127.0.0.1:{PORT}", "-q"]
@@ -77,13 +90,13 @@ def run(work: Path, plan: str, kill: bool, env: dict, ray_tmp: str) -> None:
         if victim:
             os.kill(victim, signal.SIGKILL)
         first = {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.glob("cells/*/*/*/sweep-cell.json")}
-        stdout, stderr = proc.communicate(timeout=900)
+        stdout, stderr = proc.communicate(timeout=timeout)
         summary["killed"] = victim
         summary["finished_before_kill"] = first
         summary["runs"].append({"code": proc.returncode, "stdout": stdout[-2000:], "stderr": stderr[-2000:]})
     if True:  # the (re)run that must finish
         t = time.perf_counter()
-        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         summary["runs"].append({"code": p.returncode, "stdout": p.stdout[-2000:], "stderr": p.stderr[-2000:],
                                 "seconds": round(time.perf_counter() - t, 1)})
     summary["stamps_after"] = {p.relative_to(out).as_posix(): p.stat().st_mtime_ns
