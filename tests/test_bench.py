@@ -234,7 +234,7 @@ def test_bench_profile(fp32_build, capsys):
     ops = {o["op"]: o for o in p["by_op_type"]}
     assert "Conv" in ops and all(o["ms"] > 0 and o["nodes"] >= 1 for o in ops.values())
     assert abs(sum(o["share"] for o in ops.values()) - 1) < 1e-3
-    assert p["sum_ms"] > 0 and p["sum_vs_p50"] == round(p["sum_ms"] / p["p50_ms"], 3)
+    assert p["sum_ms"] > 0 and p["sum_vs_p50"] == round(p["sum_ms"] / p["p50_interleaved_ms"], 3)
     assert any(n["module"] for n in p["by_node"]) and p["by_block"]
     assert tflite["profile"] == {"available": False, "why": runner.NO_PROFILER["tflite"]}
     assert "profile" not in bench([str(fp32_build / "onnx")], threads=1, runs=2, warmup=0, progress=False)[0]
