@@ -74,12 +74,16 @@ bench: setup
 	$(BIN)/python benchmarks/lite0_imagenette.py --tag after
 	$(BIN)/python benchmarks/lite0_imagenette.py --targets executorch --tag executorch
 	$(BIN)/python benchmarks/executorch_annotation.py
-	$(BIN)/python benchmarks/executorch_depthwise.py
-	$(BIN)/python benchmarks/latency_matrix.py --cells fp32:executorch,int8:executorch,int8:tflite --tag executorch --no-pi-emu
+	$(BIN)/python benchmarks/executorch_kernels.py
+	$(BIN)/python benchmarks/executorch_pads.py
 	$(BIN)/python benchmarks/accuracy_int8.py
 	$(BIN)/python benchmarks/build_time_tflite.py
 	$(BIN)/python benchmarks/harness_overhead.py
-	$(BIN)/python benchmarks/latency_matrix.py
+	$(BIN)/edge sweep benchmarks/plans/readme.toml --jobs 2 --retime
+	$(BIN)/edge report benchmarks/sweeps/readme --out benchmarks/results/sweep-readme
+	$(BIN)/python benchmarks/sweep_ray_parity.py
+	$(BIN)/python benchmarks/tflite_vs_onnx.py
+	$(BIN)/python benchmarks/profile_sum.py
 	$(BIN)/python benchmarks/qat_int8.py --epochs 8
 	$(BIN)/python benchmarks/qat_per_tensor.py --epochs 8 --lr 1e-3
 	$(BIN)/python benchmarks/qat_trajectory.py --epochs 8 --tag hist

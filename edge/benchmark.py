@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from edge import manifest as mf
 from edge.device import RUNNER, runner_error
-from edge.errors import EdgeError, UserError
+from edge.errors import EdgeError, UserError, require
 
 if TYPE_CHECKING:
     from edge.device.remote import Device
@@ -51,18 +51,18 @@ class Job:
 
 def bench(paths: list[str], *, threads: int | None = None, runs: int = 50, warmup: int = 5,
           pin: str | None = None, input_shape: tuple | None = None, progress: bool = True,
-          device: Device | None = None) -> list[dict]:
+          device: Device | None = None, profile: bool = False) -> list[dict]:
     """Time every artifact under `paths`, each in its own process; returns the runner's result
     dicts, each with a `manifest` summary (target, precision, model; None without a manifest)
     and `device` {name, emulated}. `pin` is a CPU list for taskset ("0", "2-3"); `device` runs
-    them on a board over ssh or on the emulated Pi (edge.device.remote). Raises UserError for
-    bad input."""
+    them on a board over ssh or on the emulated Pi (edge.device.remote). `profile` adds each
+    result's per-operator profile (runner.py --profile). Raises UserError for bad input."""
     _check_counts(threads, runs, warmup)
     if pin is not None and device is not None:
         raise UserError("--pin pins host CPUs; on a device, run runner.py under taskset there instead")
     jobs = [job for p in paths for job in collect(Path(p))]
     prefix = _taskset(pin) if pin is not None else []
-    options = _runner_options(threads, runs, warmup, input_shape)
+    options = _runner_options(threads, runs, warmup, input_shape) + (["--profile"] if profile else [])
     for job in jobs if device else ():
         device.check(job.artifact)
     results = []
@@ -216,6 +216,28 @@ def format_table(results: list[dict]) -> str:
     lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def format_profile(r: dict, top: int = 12) -> str:
+    """One artifact's per-operator profile: time by op type, then the slowest nodes (the node
+    names carry the PyTorch module path the exporter gave them)."""
+    tabulate = require("tabulate", "the profile's tables", extra="report").tabulate
+    p = r.get("profile") or {}
+    head = f"profile of {_label(Path(r['path']))}"
+    if not p.get("available"):
+        return f"{head}: not available: {p.get('why', 'no profile')}"
+    base = p.get("p50_interleaved_ms") or p["p50_ms"]
+    lines = [f"{head} ({p['source']}, {p['runs']} runs): operators sum to {_ms(p['sum_ms'])} ms per run, "
+             f"{p['sum_vs_p50']:.2f}x the p50 of {_ms(base)} ms of unprofiled runs interleaved with them",
+             tabulate([(o["op"], o["nodes"], _ms(o["ms"]), f"{100 * o['share']:.1f}%") for o in p["by_op_type"][:top]],
+                      ("op type", "nodes", "ms per run", "share"), tablefmt="simple", disable_numparse=True),
+             tabulate([(b["block"], _ms(b["ms"]), f"{100 * b['share']:.1f}%") for b in p["by_block"][:top]],
+                      ("PyTorch block", "ms per run", "share"), tablefmt="simple", disable_numparse=True),
+             tabulate([(n["node"], n["op"], n["module"] or "-", _ms(n["ms"]), f"{100 * n['share']:.1f}%")
+                       for n in p["by_node"][:top]],
+                      ("node (slowest first)", "op type", "PyTorch module", "ms per run", "share"), tablefmt="simple",
+                      disable_numparse=True)]
+    return "\n\n".join(lines)
 
 
 def _row(r: dict) -> tuple[str, ...]:

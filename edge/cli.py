@@ -156,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--pin", metavar="CPUS", help="pin to CPUs with taskset, e.g. 0 or 0-1")
     be.add_argument("--input-shape", type=_shape, metavar="[NAME=]SHAPE",
                     help="input shape for an artifact without a manifest: a .ptl, or one with dynamic dims")
+    be.add_argument("--profile", action="store_true", help="then as many runs again under the runtime's "
+                    "per-operator profiler (onnxruntime): time by op type and by node, in the table and the JSON")
     _json_arg(be, "the results and the machine fingerprint")
     g = be.add_argument_group("on a device")
     g.add_argument("--device", metavar="DEVICE", help="ssh://user@host[:port] (a real board), pi-emu or pi-emu:trixie "
@@ -309,7 +311,7 @@ def _junit(path: str, reports: list[dict], failure: str | None) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from edge.benchmark import bench, document, format_table
+    from edge.benchmark import bench, document, format_profile, format_table
 
     device = None
     if a.device:
@@ -318,9 +320,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
         device = parse(a.device, a.device_python, tuple(a.ssh_option), a.ssh_key)
     _writable(a.json, "--json")
     results = bench(a.paths, threads=a.threads, runs=a.runs, warmup=a.warmup, pin=a.pin,
-                    input_shape=a.input_shape, progress=not _quiet(a), device=device)
+                    input_shape=a.input_shape, progress=not _quiet(a), device=device, profile=a.profile)
     if a.json != "-":
         print(format_table(results))
+        for r in results if a.profile else ():
+            print()
+            print(format_profile(r))
     if a.json:
         _emit_json(a.json, document(results))
     return 0

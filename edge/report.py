@@ -27,8 +27,6 @@ SCHEMA = 1
 REQUIRED = ("cell", "model", "target", "precision", "device", "size_mb", "parity_passed")
 TIE = 0.02  # p50 figures within 2% of the fastest count as a tie, settled by accuracy, then size
 BASIS = {"top-1": "top-1 on labelled data (%)", "agreement": "top-1 agreement with the fp32 PyTorch model (%)"}
-COLUMNS = ("model", "target", "precision", "stages", "size MB", "device", "threads", "p50 ms", "p90 ms",
-           "p50 vs fp32", "top-1 %", "drop pp", "agreement", "parity", "front", "under load")
 CSS = ("body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#eee}"
        "td:nth-child(-n+4){text-align:left}.plots{display:flex;flex-wrap:wrap;gap:1em}svg{max-width:100%}")
@@ -165,18 +163,56 @@ def vs_fp32(row: dict, rows: list[dict]) -> float | None:
     return None if base is None else row["p50_ms"] / base["p50_ms"]
 
 
-def _table(gs: list[Group]) -> list[list[str]]:
+def _artifacts(rows: list[dict]) -> list[list[dict]]:
+    """The rows grouped by artifact (a cell of a sweep), in model, target, precision order."""
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by.setdefault((r.get("sweep"), r["cell"]), []).append(r)
+    return sorted(by.values(), key=lambda rs: (str(rs[0]["model"]), rs[0]["target"], rs[0]["precision"],
+                                               str(rs[0].get("sweep"))))
+
+
+def _columns(gs: list[Group]) -> tuple[list[str], list[Group], list[Group]]:
+    """The results table's headers: the artifact, p50/p90 per timed group, the ratio to fp32 in the
+    first timed group, accuracy, and the outputs on each emulated device."""
+    timed = [g for g in gs if not all(r.get("emulated") for r in g.rows)]
+    emulated = [g for g in gs if all(r.get("emulated") for r in g.rows)]
+    headers = ["model", "target", "precision", "stages", "size MB",
+               *(f"p50 / p90 ms, {g.device} {_threads(g.threads, short=True)}t" for g in timed),
+               *([f"p50 vs fp32, {timed[0].device} {_threads(timed[0].threads, short=True)}t"] if timed else []),
+               "top-1 %", "drop pp", "agreement", "parity",
+               *(f"outputs on {g.device} (emulated)" for g in emulated), "on a latency front", "under load"]
+    return headers, timed, emulated
+
+
+def _table(gs: list[Group], rows: list[dict]) -> list[list[str]]:
+    """One row per artifact: its figures, and its timings in each group side by side."""
+    _, timed, emulated = _columns(gs)
+    fronts = {id(r): g for g in gs for r in g.latency_front}
     out = []
-    for g in gs:
-        on_front = {id(r) for r in g.latency_front}
-        ratio = {id(r): vs_fp32(r, g.rows) for r in g.rows}
-        for r in sorted(g.rows, key=lambda r: (str(r["model"]), r["target"], r["precision"])):
-            out.append([r["model"] or "-", r["target"], r["precision"], " > ".join(r.get("stages") or []) or "-",
-                        _num(r["size_mb"]), r["device"] + (" (emulated)" if r.get("emulated") else ""),
-                        _threads(r.get("threads"), short=True), _num(r.get("p50_ms")), _num(r.get("p90_ms")),
-                        "-" if ratio[id(r)] is None else f"{ratio[id(r)]:.2f}x", _num(r.get("top1")), _num(r.get("drop_pp")), _num(r.get("agreement"), 3),
-                        "pass" if r["parity_passed"] else "FAIL", "yes" if id(r) in on_front else "",
-                        "yes" if r.get("under_load") else ""])
+    for rs in _artifacts(rows):
+        r = rs[0]
+        at = {(x["device"], x.get("threads")): x for x in rs}
+        cells = [r["model"] or "-", r["target"], r["precision"], " > ".join(r.get("stages") or []) or "-",
+                 _num(r["size_mb"])]
+        for g in timed:
+            x = at.get((g.device, g.threads))
+            cells.append("-" if x is None or x.get("p50_ms") is None else f"{_num(x['p50_ms'])} / {_num(x.get('p90_ms'))}")
+        if timed:
+            x = at.get((timed[0].device, timed[0].threads))
+            ratio = None if x is None else vs_fp32(x, list(timed[0].rows))
+            cells.append("-" if ratio is None else f"{ratio:.2f}x")
+        cells += [_num(r.get("top1")), _num(r.get("drop_pp")), _num(r.get("agreement"), 3),
+                  "pass" if all(x["parity_passed"] for x in rs) else "FAIL"]
+        for g in emulated:
+            x = at.get((g.device, g.threads))
+            dp = (x or {}).get("device_parity")
+            cells.append("-" if not dp else ("pass" if dp.get("passed") else "FAIL") +
+                         (f" (cosine {dp['min_cosine']:.5f})" if dp.get("min_cosine") is not None else ""))
+        cells += [", ".join(f"{fronts[id(x)].device} {_threads(fronts[id(x)].threads, short=True)}t"
+                            for x in rs if id(x) in fronts),
+                  ", ".join(f"{x['device']} {_threads(x.get('threads'), short=True)}t" for x in rs if x.get("under_load"))]
+        out.append(cells)
     return out
 
 
@@ -184,9 +220,11 @@ def _blocks(rows: list[dict], failed: list[dict]) -> list[tuple]:
     """The report as blocks that both formats render: ("h1"|"h2"|"h3"|"p", text), ("table", headers,
     rows) and ("plots", group, n); a table without rows reads "None."."""
     gs = groups(rows)
-    summary = (f"{len(rows)} results in {len(gs)} groups by device and threads "
+    summary = (f"{len(_artifacts(rows))} artifacts, {len(rows)} results in {len(gs)} groups by device and threads "
                f"({'; '.join(g.title for g in gs) or 'none'}); failed cells: {len(failed)}.")
-    blocks: list[tuple] = [("h1", "edge report"), ("p", summary), ("h2", "Results"), ("table", COLUMNS, _table(gs))]
+    blocks: list[tuple] = [("h1", "edge report"), ("p", summary), ("h2", "Results"),
+                           ("p", "One row per artifact; its timings on each device and thread count side by side."),
+                           ("table", _columns(gs)[0], _table(gs, rows))]
     for n, g in enumerate(gs):
         acc = f"{g.basis} %"
         blocks += [("h2", f"Fronts on {g.title}"), ("p", f"Accuracy: {BASIS[g.basis]}." + _unscored(g)), ("plots", g, n),

@@ -165,6 +165,14 @@ class Target:
         target_details (TFLite embeds its metadata). They must not change its outputs."""
         return None
 
+    def delegation(self, exported: Exported) -> dict | None:
+        """How the runtime places the artifact's graph on its optimised kernels, as read from the
+        runtime itself (TFLite: the XNNPACK partitions and the ops left outside them; ONNX Runtime:
+        the nodes of its optimised graph and those left in float between Q/DQ pairs), with
+        "split": the ops that keep it from running whole on them ({} when none). None where the
+        runtime does not say."""
+        return None
+
     def layer_outputs(self, path: Path, model, x, manifest: dict | None = None):
         """Per-layer comparison with PyTorch for `edge explain` and --max-drop (edge.quantize.
         sensitivity.Layer list), or None where the runtime exposes no intermediate tensors."""

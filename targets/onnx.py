@@ -133,6 +133,36 @@ class Onnx(Target):
     def versions(self) -> dict[str, str | None]:
         return {"onnx": pkg_version("onnx"), "onnxruntime": pkg_version("onnxruntime")}
 
+    def delegation(self, exported: Exported) -> dict:
+        """onnxruntime's optimised graph (every optimisation on, as a session runs it), read back:
+        its node types, and the nodes left in float between DequantizeLinear and QuantizeLinear
+        in an int8 graph (QDQ pairs it could not fuse into an int8 kernel such as QLinearConv)."""
+        import tempfile
+        from collections import Counter
+
+        import onnx
+
+        ort = require("onnxruntime", "running ONNX artifacts", extra="onnx")
+        q = exported.details.get("quantization") or {}
+        with tempfile.TemporaryDirectory(prefix="edge-ort-") as tmp:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            ort.InferenceSession(str(exported.path), opts, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=list(q.get("session_disabled_optimizers") or ()))
+            graph = onnx.load(opts.optimized_model_filepath).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        qdq = ("DequantizeLinear", "QuantizeLinear")
+        in_float = Counter(n.op_type for n in graph.node if n.op_type not in qdq
+                           and any(producer.get(i) == "DequantizeLinear" for i in n.input))
+        kept = set(q.get("excluded_nodes") or ())
+        why = ("kept in float by request (--max-drop)" if kept else
+               "no int8 kernel fused for it: it runs in float between DequantizeLinear and QuantizeLinear")
+        return {"runtime": f"onnxruntime {pkg_version('onnxruntime')} (CPU, all graph optimisations)",
+                "nodes": len(graph.node), "op_types": dict(Counter(n.op_type for n in graph.node)),
+                "float_between_qdq": dict(in_float), "split": {op: why for op in in_float}}
+
     def layer_outputs(self, path: Path, model, x, manifest: dict | None = None):
         from edge.quantize.sensitivity import onnx_layers
 

@@ -190,10 +190,49 @@ class TFLite(Target):
                                            mean=list(pre.mean), std=list(pre.std), input_name=spec.inputs[0].name,
                                            output_name=spec.outputs[0].name, description=spec.description)}
 
+    def delegation(self, exported: Exported) -> dict:
+        return xnnpack_partitions(interpreter(exported.path, threads=1)._get_ops_details())
+
     def layer_outputs(self, path: Path, model, x, manifest: dict | None = None):
         from edge.quantize.sensitivity import tflite_layers
 
         return tflite_layers(path, model, x, manifest)
+
+
+# Why an op stays outside XNNPACK, where edge knows; any other op: XNNPACK has no kernel for it
+# at that type or with those parameters.
+OUTSIDE_WHY = {
+    "MIRROR_PAD": "edge padding before a max-pool whose input can be negative (after a ReLU, edge pads "
+                  "with zeros, which XNNPACK runs); XNNPACK has no mirror pad",
+}
+
+
+def xnnpack_partitions(ops: list[dict]) -> dict:
+    """XNNPACK's partitions of a TFLite graph, from the interpreter's node list (the model's ops,
+    then one DELEGATE node per partition): an op belongs to the partition whose outputs it feeds
+    without passing through that partition's inputs. {"delegate", "partitions", "ops", "delegated",
+    "outside": {op: count}, "split": {op: why}}."""
+    from collections import Counter
+
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    regular = {int(o["index"]): o for o in ops if o["op_name"] != "DELEGATE"}
+    producer = {int(t): i for i, o in regular.items() for t in o["outputs"]}
+    covered: set[int] = set()
+    for d in delegates:
+        inputs = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        while stack:
+            t = stack.pop()
+            p = producer.get(t)
+            if t < 0 or t in inputs or p is None or p in covered:
+                continue
+            covered.add(p)
+            stack.extend(int(x) for x in regular[p]["inputs"])
+    outside = Counter(o["op_name"] for i, o in sorted(regular.items()) if i not in covered)
+    split = {op: OUTSIDE_WHY.get(op, "XNNPACK has no kernel for it here; it runs on TFLite's reference kernels")
+             for op in outside} if len(delegates) != 1 or outside else {}
+    return {"delegate": "XNNPACK", "partitions": len(delegates), "ops": len(regular), "delegated": len(covered),
+            "outside": dict(outside), "split": split}
 
 
 def _conversion_error(log: str) -> Exception:
@@ -231,16 +270,25 @@ def _first(e: Exception) -> str:
 
 
 def _edge_padded_maxpool(src: Path, dst: Path) -> Path:
-    """Rewrite each padded MaxPool as an edge-mode Pad followed by an unpadded MaxPool.
+    """Rewrite each padded MaxPool as a Pad followed by an unpadded MaxPool, padded so that XNNPACK
+    keeps it whole where it can.
 
     onnx2tf pads a MaxPool with float32's lowest value; int8 calibration then sees -3.4e38 and
     gives the tensor a scale of about 1e36, which crashes the TFLite kernels (ResNet18 and
-    ShuffleNetV2 did here). Edge padding gives the same maximum: PyTorch allows pad <= k/2, so
-    every window that reaches into the padding also covers the border value it replicates."""
+    ShuffleNetV2 did here). After a ReLU (or a Clip at 0 or above) the input is never negative, so
+    zeros give the same maximum (every window covers at least one real value, which is >= 0) and
+    become a PAD that XNNPACK runs. Elsewhere edge padding gives the same maximum (PyTorch allows
+    pad <= k/2, so every window that reaches into the padding also covers the border value it
+    replicates), but it becomes MIRROR_PAD, which XNNPACK has not: the graph splits (the manifest's
+    delegation says so)."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(src))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    constants |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
     nodes = []
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -252,7 +300,8 @@ def _edge_padded_maxpool(src: Path, dst: Path) -> Path:
         name = f"{node.name or node.output[0]}_edge_pad"
         model.graph.initializer.append(numpy_helper.from_array(
             np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64), f"{name}_pads"))
-        nodes.append(helper.make_node("Pad", [node.input[0], f"{name}_pads"], [f"{name}_out"], name=name, mode="edge"))
+        mode = "constant" if _nonnegative(producers.get(node.input[0]), constants) else "edge"
+        nodes.append(helper.make_node("Pad", [node.input[0], f"{name}_pads"], [f"{name}_out"], name=name, mode=mode))
         del node.attribute[:]
         node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items() if k != "pads")
         node.input[0] = f"{name}_out"
@@ -261,6 +310,22 @@ def _edge_padded_maxpool(src: Path, dst: Path) -> Path:
     model.graph.node.extend(nodes)
     onnx.save(model, str(dst))
     return dst
+
+
+def _nonnegative(node, constants: dict) -> bool:
+    """Is this node's output never negative: a Relu, or a Clip whose lower bound is >= 0?"""
+    if node is None:
+        return False
+    if node.op_type == "Relu":
+        return True
+    if node.op_type == "Clip":
+        from onnx import helper
+
+        lo = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "min"), None)  # opset < 11
+        if len(node.input) > 1 and node.input[1]:
+            lo = constants.get(node.input[1])
+        return lo is not None and np.size(lo) == 1 and float(np.asarray(lo).reshape(())) >= 0
+    return False
 
 
 def _write_sample(work: Path, ctx: ExportContext) -> None:

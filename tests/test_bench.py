@@ -221,6 +221,35 @@ def test_bench_build_folder(fp32_build, tmp_path, capsys):
     assert saved["schema"] == "edge-bench/1" and saved["results"] == results and "machine" in saved["environment"]
 
 
+def test_bench_profile(fp32_build, capsys):
+    """--profile: onnxruntime's per-node kernel times over as many runs again, by op type, block
+    and node (with the PyTorch module the exporter's name gives), and how their sum compares with
+    the unprofiled p50; a runtime without a profiler says so instead."""
+    from edge.cli import main
+
+    onnx, tflite = bench([str(fp32_build / "onnx"), str(fp32_build / "tflite")], threads=1, runs=5, warmup=1,
+                         progress=False, profile=True)
+    p = onnx["profile"]
+    assert p["available"] and p["runs"] == 5 and p["p50_ms"] == onnx["latency_ms"]["p50"]
+    ops = {o["op"]: o for o in p["by_op_type"]}
+    assert "Conv" in ops and all(o["ms"] > 0 and o["nodes"] >= 1 for o in ops.values())
+    assert abs(sum(o["share"] for o in ops.values()) - 1) < 1e-3
+    assert p["sum_ms"] > 0 and p["sum_vs_p50"] == round(p["sum_ms"] / p["p50_interleaved_ms"], 3)
+    assert any(n["module"] for n in p["by_node"]) and p["by_block"]
+    assert tflite["profile"] == {"available": False, "why": runner.NO_PROFILER["tflite"]}
+    assert "profile" not in bench([str(fp32_build / "onnx")], threads=1, runs=2, warmup=0, progress=False)[0]
+    assert main(["bench", str(fp32_build / "onnx"), "--threads", "1", "--runs", "3", "--profile", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "operators sum to" in out and "op type" in out and "PyTorch module" in out
+
+
+def test_profile_module_names():
+    assert runner._module("/features/features.0/features.0.0/Conv_token_1") == "features.0.0"
+    assert runner._module("/_blocks/_blocks.1/_act0/Clip_output_0_nchwc") == "_blocks.1._act0"
+    assert runner._module("/_fc/Gemm") == "_fc" and runner._module("Conv_3") is None
+    assert runner._block("/features/features.0/features.0.0/Conv") == "features.0" and runner._block("/_fc/Gemm") == "_fc"
+
+
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")
 def test_bench_pin(fp32_build):
     (r,) = bench([str(fp32_build / "onnx")], threads=1, runs=2, warmup=0, pin="0", input_shape=None, progress=False)

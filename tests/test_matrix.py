@@ -66,6 +66,12 @@ CASES = [pytest.param(m, t, p, id=f"{m}-{t}-{p}", marks=_marks(m, t, p))
 # bar itself is tests/test_accuracy.py: EfficientNet-Lite0 at 224 px on 750 real photos.
 MATRIX_INT8_BUDGET = {"min_top1_agreement": 0.0, "min_top5_overlap": 0.0, "min_cosine": 0.7}
 
+# TFLite artifacts that XNNPACK takes whole (one partition, no op outside), checked here. The
+# MobileNetV3 family is not: onnx2tf writes its hard-sigmoid as RELU_0_TO_1, which XNNPACK has not,
+# and int8 HARD_SWISH stays outside too; the manifest names them (tests/test_delegation.py).
+WHOLE_IN_XNNPACK = {"tiny", "digits_cnn", "tc_resnet8_kws", "resnet18_cifar", "resnet18", "mobilenetv2",
+                    "efficientnet_lite0"}
+
 
 @pytest.mark.parametrize("model,target,precision", CASES)
 def test_build_matrix(model, target, precision, tmp_path, weights_file):
@@ -81,6 +87,12 @@ def test_build_matrix(model, target, precision, tmp_path, weights_file):
     assert json.loads((out / "manifest.json").read_text()) == m
     assert m["parity"]["passed"] and m["precision"] == precision and m["target"] == target
     assert (m["calibration"] is not None) == (precision == "int8")
+    [export] = [s for s in m["stages"] if s["stage"] == "export"]
+    if target in ("tflite", "onnx"):  # how the runtime placed the graph, and what split it (if anything)
+        d = export["delegation"]
+        assert set(d["split"]) == set(d.get("outside") or d.get("float_between_qdq") or {})
+        if target == "tflite" and model in WHOLE_IN_XNNPACK:
+            assert (d["partitions"], d["outside"]) == (1, {}), d
     files = {m["artifact"], "manifest.json", m["check"]["file"]} | ({m["labels"]} if m["labels"] else set())
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
 

@@ -183,7 +183,7 @@ def test_write_html(tmp_path, sweep_rows):
         assert forbidden not in page, forbidden
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     results = _tables(page)[0]
-    assert results.count("<tr>") == len(sweep_rows) + 1  # the header, then one per row
+    assert results.count("<tr>") == len({r["cell"] for r in sweep_rows}) + 1  # the header, then one per artifact
     # front points are labelled on the plots (their text is drawn as paths, with the text beside)
     host_1 = page[page.index("<h2>Fronts on host, 1 thread</h2>"):page.index("<h2>Fronts on host, 4 threads</h2>")]
     assert host_1.count("<!-- m tflite int8 -->") == 2 and "<!-- m onnx fp16 -->" not in host_1
@@ -195,22 +195,26 @@ def test_write_markdown(tmp_path, sweep_rows):
     results = md[md.index("## Results"):md.index("## Fronts")]
     lines = [[c.strip() for c in line.strip("|").split("|")] for line in results.splitlines() if line.startswith("|")]
     header, body = lines[0], lines[2:]
-    assert header == list(report.COLUMNS) and len(body) == len(sweep_rows)
-    by_key = {(r[header.index("target")], r[header.index("precision")], r[header.index("threads")],
-               r[header.index("device")]): r for r in body}
-    front, parity, load = header.index("front"), header.index("parity"), header.index("under load")
-    assert by_key[("tflite", "int8", "1", "host")][front] == "yes"
-    assert by_key[("onnx", "int8", "1", "host")][front] == ""  # no top-1 where another row has it
-    assert by_key[("onnx", "fp16", "1", "host")][front] == ""  # dominated by tflite int8
-    assert by_key[("executorch", "int8", "1", "host")][parity] == "FAIL"
-    assert by_key[("onnx", "int8", "4", "host")][load] == "yes"
+    # one row per artifact (m/int8/tflite has three results: host 1 and 4 threads, pi-emu), its
+    # timings in each timed group side by side, the emulated device's outputs in a column
+    assert header == ["model", "target", "precision", "stages", "size MB", "p50 / p90 ms, host 1t",
+                      "p50 / p90 ms, host 4t", "p50 vs fp32, host 1t", "top-1 %", "drop pp", "agreement", "parity",
+                      "outputs on pi-emu (emulated)", "on a latency front", "under load"]
+    assert len(body) == len({r["cell"] for r in sweep_rows}) == 5
+    by_key = {(r[header.index("target")], r[header.index("precision")]): dict(zip(header, r)) for r in body}
+    tfl, onnx = by_key[("tflite", "int8")], by_key[("onnx", "int8")]
+    assert tfl["p50 / p90 ms, host 1t"] == "6.52 / 7.17" and tfl["p50 / p90 ms, host 4t"] == "3.00 / 3.30"
+    assert tfl["on a latency front"] == "host 1t, host 4t" and tfl["under load"] == ""
+    assert onnx["on a latency front"] == "host 4t"  # at 1 thread: no top-1 where another row has it
+    assert onnx["under load"] == "host 4t"
+    assert by_key[("onnx", "fp16")]["on a latency front"] == ""  # dominated by tflite int8
+    assert by_key[("onnx", "fp16")]["p50 / p90 ms, host 4t"] == "-"
+    assert by_key[("executorch", "int8")]["parity"] == "FAIL"
     # int8 over fp32 of the same model, target, device and threads: onnx 6.90 / 20.0 ms; no fp32 to
-    # divide by for tflite (nor at 4 threads), and fp32 itself has no ratio
-    ratio = header.index("p50 vs fp32")
-    assert by_key[("onnx", "int8", "1", "host")][ratio] == "0.35x" and by_key[("onnx", "fp16", "1", "host")][ratio] == "0.40x"
-    assert {by_key[k][ratio] for k in [("tflite", "int8", "1", "host"), ("onnx", "fp32", "1", "host"),
-                                        ("onnx", "int8", "4", "host")]} == {"-"}
-    assert by_key[("tflite", "int8", "default", "pi-emu (emulated)")][front] == ""
+    # divide by for tflite, and fp32 itself has no ratio
+    ratio = "p50 vs fp32, host 1t"
+    assert onnx[ratio] == "0.35x" and by_key[("onnx", "fp16")][ratio] == "0.40x"
+    assert tfl[ratio] == "-" and by_key[("onnx", "fp32")][ratio] == "-"
     # host at 4 threads: every row has top-1, so its fronts use top-1; tflite int8 is faster, onnx more accurate
     four = md[md.index("## Fronts on host, 4 threads"):md.index("## Fronts on pi-emu")]
     assert "Accuracy: top-1 on labelled data (%)." in four

@@ -293,6 +293,46 @@ class OrtBackend:
     def results(self, ret) -> list[np.ndarray]:
         return list(ret)
 
+    def profile(self, feeds: dict[int, np.ndarray], runs: int) -> dict:
+        """onnxruntime's own profiler on a second session (the timed one stays unprofiled): each
+        node's kernel time in each of `runs` runs after one untimed run. Each profiled run
+        alternates with a timed run of the unprofiled session, so that the operators' sum is set
+        against a p50 of the same stretch of time (a machine that drifts between the timing and
+        the profile cannot pass for profiling overhead)."""
+        import tempfile
+
+        opts = self.ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        with tempfile.TemporaryDirectory(prefix="edge-ort-profile-") as tmp:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(tmp) / "ort")
+            session = self.ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=self.disabled)
+            named = {self.ins[slot].name: x for slot, x in feeds.items()}
+            plain, timed = self.bind(feeds), []
+            session.run(None, named)
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                plain()
+                timed.append((time.perf_counter() - t0) * 1e3)
+                session.run(None, named)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session"
+                       and e.get("name") == "model_run")[1:]  # the first run is untimed
+        per_run: list[dict[tuple, float]] = [{} for _ in spans]
+        for e in events:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                continue
+            for i, (start, end) in enumerate(spans):
+                if start <= e["ts"] <= end:
+                    key = (e["name"][:-len("_kernel_time")], (e.get("args") or {}).get("op_name", "?"))
+                    per_run[i][key] = per_run[i].get(key, 0.0) + e["dur"] / 1e3
+                    break
+        return aggregate_profile(per_run, [(b - a) / 1e3 for a, b in spans],
+                                 f"onnxruntime {self.version} profiler (each node's kernel time)") | {
+            "p50_interleaved_ms": summarize(timed)["p50"]}
+
     def precision(self) -> str:
         """From the input/output types; with the onnx package (not needed otherwise), also from
         the initializers, where a QDQ graph with float I/O keeps its int8 weights."""
@@ -840,6 +880,78 @@ def print_top5(rows: list[dict], photo: str) -> None:
 
 # ---------------------------------------------------------------- measurement
 
+NO_PROFILER = {
+    "tflite": "the TFLite Python interpreter (ai-edge-litert, tflite-runtime) has no per-operator profiler; "
+              "TFLite's benchmark_model --enable_op_profiling=true has one",
+    "ptl": "the lite interpreter has no per-operator profiler here",
+    "pte": "not yet: ExecuTorch's ETDump would give per-operator times (inside the XNNPACK delegate only "
+                  "with a runtime built with XNNPACK profiling)",
+}
+
+
+def aggregate_profile(per_run: list[dict[tuple, float]], run_ms: list[float], source: str, top: int = 15) -> dict:
+    """Per-run {(node, op type): ms} into the profile: the median over runs of the per-run sum of
+    node times, the mean ms per run by op type and for the slowest nodes, each with its share."""
+    import statistics
+
+    n = max(1, len(per_run))
+    nodes: dict[tuple, float] = {}
+    for run in per_run:
+        for k, v in run.items():
+            nodes[k] = nodes.get(k, 0.0) + v / n
+    total = sum(nodes.values()) or 1.0
+    by_op: dict[str, list] = {}
+    for (node, op), ms in nodes.items():
+        by_op.setdefault(op, [0, 0.0])
+        by_op[op][0] += 1
+        by_op[op][1] += ms
+    by_block: dict[str, float] = {}
+    for (node, _), ms in nodes.items():
+        block = _block(node)
+        if block is not None:
+            by_block[block] = by_block.get(block, 0.0) + ms
+    return {"source": source, "runs": len(per_run),
+            "sum_ms": statistics.median(sum(r.values()) for r in per_run) if per_run else None,
+            "run_ms": statistics.median(run_ms) if run_ms else None,
+            "by_op_type": [{"op": op, "nodes": c, "ms": round(ms, 4), "share": round(ms / total, 4)}
+                           for op, (c, ms) in sorted(by_op.items(), key=lambda kv: -kv[1][1])],
+            "by_node": [{"node": node, "op": op, "module": _module(node), "ms": round(ms, 4), "share": round(ms / total, 4)}
+                        for (node, op), ms in sorted(nodes.items(), key=lambda kv: -kv[1])[:top]],
+            "by_block": [{"block": b, "ms": round(ms, 4), "share": round(ms / total, 4)}
+                         for b, ms in sorted(by_block.items(), key=lambda kv: -kv[1])]}
+
+
+def _module(node: str) -> str | None:
+    """The PyTorch module a node came from, where the exporter's name says it: torch.onnx names a
+    node /scope/.../Op_n, each scope a module's full name (features.0.0) or its name in its
+    parent (_act0 under _blocks.1: _blocks.1._act0)."""
+    parts = node.split("/")
+    if not node.startswith("/") or len(parts) < 3:
+        return None
+    full = ""
+    for scope in parts[1:-1]:
+        full = scope if not full or scope.startswith(full + ".") else f"{full}.{scope}"
+    return full or None
+
+
+def _block(node: str) -> str | None:
+    """The top-level block (features.3, classifier.1): the second scope of the node's name."""
+    parts = node.split("/")
+    return parts[2] if node.startswith("/") and len(parts) >= 4 else (parts[1] if node.startswith("/") and len(parts) == 3 else None)
+
+
+def profile(backend, feeds: dict[int, np.ndarray], runs: int, p50_ms: float) -> dict:
+    """The runtime's per-operator profile of `runs` more runs, with how the sum of its operator
+    times compares with the p50 of unprofiled runs interleaved with them (p50_interleaved_ms;
+    p50_ms is the main timing's); {"available": False, "why"} where it has none."""
+    if not hasattr(backend, "profile"):
+        return {"available": False, "why": NO_PROFILER.get(backend.format, "no per-operator profiler")}
+    p = backend.profile(feeds, runs)
+    base = p.get("p50_interleaved_ms") or p50_ms
+    return {"available": True, **p, "p50_ms": p50_ms,
+            "sum_vs_p50": round(p["sum_ms"] / base, 3) if p.get("sum_ms") and base else None}
+
+
 def measure(backend, feeds: dict[int, np.ndarray], warmup: int, runs: int, user_shape: bool) -> tuple:
     """(first-inference ms, every output of the first call, per-run ms): only the runtime's call is timed."""
     clock = time.perf_counter
@@ -946,6 +1058,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--save-output", help="save the first inference's outputs in the model's layout: .npy for one, "
                                          ".npz by output name for several")
     p.add_argument("--json", help="also write the JSON result to this file")
+    p.add_argument("--profile", action="store_true", help="then --runs more runs under the runtime's per-operator "
+                                                          "profiler (onnxruntime): time by op type and by node")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     a = p.parse_args(argv)
     for name, low in (("runs", 1), ("warmup", 0), ("threads", 1)):
@@ -999,6 +1113,8 @@ def run(a: argparse.Namespace) -> dict:
         "outputs": [_describe(t, raw[t.slot], ys[t.name]) for t in outputs],
         "environment": environment(),
     }
+    if a.profile:
+        result["profile"] = profile(backend, feeds, a.runs, result["latency_ms"]["p50"])
     if a.image is not None:
         result["top5"] = top5(ys[outputs[0].name], path, manifest)
         print_top5(result["top5"], Path(a.image).name)
