@@ -35,6 +35,7 @@ and a bench timed while the machine was busy is flagged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -287,6 +288,24 @@ def fingerprint(path: str | None) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A digest of edge's own Python files (edge, its models, quantizers and targets): a change to
+    the code that builds an artifact changes every cell's key, as a new version would."""
+    import edge
+    import edge.models
+    import edge.quantize
+    import edge.targets
+
+    h = hashlib.sha256()
+    for pkg in (edge, edge.models, edge.quantize, edge.targets):
+        root = Path(pkg.__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{pkg.__name__}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def build_key(plan: Plan, cell: Cell) -> str:
     from edge.targets import TARGETS
     from edge.targets.base import pkg_version
@@ -297,7 +316,8 @@ def build_key(plan: Plan, cell: Cell) -> str:
               "weights": fingerprint(opts.get("weights")) if opts.get("weights") not in (None, "imagenet", "random")
               else opts.get("weights"),
               "data": {k: fingerprint(opts.get(k)) for k in PATH_KEYS},
-              "versions": {"edge": pkg_version("edge"), **TARGETS.get(cell.target).versions()}}
+              "versions": {"edge": pkg_version("edge"), "edge_code": code_digest(),
+                           **TARGETS.get(cell.target).versions()}}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -122,7 +122,7 @@ def test_a_model_can_have_its_own_build_options(tmp_path):
     assert build_key(plan, Cell("tiny", "fp32", "onnx")) != build_key(plan, Cell("mobilenetv2", "fp32", "onnx"))
 
 
-def test_keys_follow_the_data_the_model_file_and_the_settings(tmp_path):
+def test_keys_follow_the_data_the_model_file_and_the_settings(tmp_path, monkeypatch):
     data = tmp_path / "calib"
     data.mkdir()
     (data / "a.npy").write_bytes(b"1234")
@@ -138,6 +138,11 @@ def test_keys_follow_the_data_the_model_file_and_the_settings(tmp_path):
     (tmp_path / "m.py").write_text(SVD + "\n# edited\n")
     assert build_key(plan, cell) != key
     assert build_key(plan, Cell(plan.models[0], "int8", "tflite")) != build_key(plan, cell)
+    key = build_key(plan, cell)  # edge's own code: a changed converter rebuilds, as a new version would
+    from edge import sweep
+
+    monkeypatch.setattr(sweep, "code_digest", lambda: "edited")
+    assert build_key(plan, cell) != key
 
 
 def test_a_sweep_builds_times_records_failures_and_resumes(tmp_path, capsys):
