@@ -37,6 +37,19 @@ def unlabelled_calibration_dir(dest: Path) -> Path:
     return dest
 
 
+def paired_times(a, b) -> dict:
+    """Per-run times b over a, paired run by run: the median of the per-run ratios, its 95%
+    bootstrap interval, Wilcoxon's signed-rank p."""
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    r = b / a
+    rng = np.random.default_rng(0)
+    boot = [np.median(r[rng.integers(0, len(r), len(r))]) for _ in range(2000)]
+    return {"ratio": round(float(np.median(r)), 3), "ci95": [round(float(np.percentile(boot, q)), 3) for q in (2.5, 97.5)],
+            "wilcoxon_p": float(wilcoxon(a, b).pvalue)}
+
+
 def save(name: str, data: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")

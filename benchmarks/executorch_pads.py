@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import environment, lite0_sample, save  # noqa: E402
+from _common import environment, lite0_sample, paired_times, save  # noqa: E402
 
 RUNS = 300
 WARMUP = 20
@@ -40,18 +40,6 @@ def programs(model, cal, example) -> dict[str, bytes]:
             ep = torch.export.export(graph, example)
         out[f"fp32 {tag}"] = lower(ep)[0]
     return out
-
-
-def paired(a, b) -> dict:
-    """b over a: the median of the per-run ratios, its 95% bootstrap interval, Wilcoxon's p."""
-    import numpy as np
-    from scipy.stats import wilcoxon
-
-    r = b / a
-    rng = np.random.default_rng(0)
-    boot = [np.median(r[rng.integers(0, len(r), len(r))]) for _ in range(2000)]
-    return {"ratio": round(float(np.median(r)), 3), "ci95": [round(float(np.percentile(boot, q)), 3) for q in (2.5, 97.5)],
-            "wilcoxon_p": float(wilcoxon(a, b).pvalue)}
 
 
 def main() -> None:
@@ -92,10 +80,10 @@ def main() -> None:
             times[n][i] = time.perf_counter() - s
     p50 = {n: round(1e3 * float(np.median(times[n])), 3) for n in names}
     tests = {
-        "int8 folded / int8 explicit": paired(times["int8 explicit"], times["int8 folded"]),
-        "fp32 folded / fp32 explicit": paired(times["fp32 explicit"], times["fp32 folded"]),
-        "int8 explicit / fp32 explicit": paired(times["fp32 explicit"], times["int8 explicit"]),
-        "int8 folded / fp32 folded": paired(times["fp32 folded"], times["int8 folded"]),
+        "int8 folded / int8 explicit": paired_times(times["int8 explicit"], times["int8 folded"]),
+        "fp32 folded / fp32 explicit": paired_times(times["fp32 explicit"], times["fp32 folded"]),
+        "int8 explicit / fp32 explicit": paired_times(times["fp32 explicit"], times["int8 explicit"]),
+        "int8 folded / fp32 folded": paired_times(times["fp32 folded"], times["int8 folded"]),
     }
     env = environment(threads=1)
     md = ["# EfficientNet-Lite0 .pte: symmetric zero pads explicit vs folded into the convolution", "",

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import environment, save  # noqa: E402
+from _common import environment, paired_times, save  # noqa: E402
 
 MODELS = ("mobilenetv2", "resnet18", "efficientnet_lite0")
 OPEN_BUDGET = {"max_abs": 1e9, "min_cosine": 0.0, "min_top1_agreement": 0.0, "min_top5_overlap": 0.0,
@@ -59,18 +59,6 @@ def artifacts(work: Path) -> dict[str, Path]:
                 out[f"{model} {precision} tflite-edge-pad"] = build_one(model, "tflite", precision,
                                                                          work / model / f"{precision}-edge-pad", True)
     return out
-
-
-def paired(a, b) -> dict:
-    """b over a: the median of the per-run ratios, its 95% bootstrap interval, Wilcoxon's p."""
-    import numpy as np
-    from scipy.stats import wilcoxon
-
-    r = b / a
-    rng = np.random.default_rng(0)
-    boot = [np.median(r[rng.integers(0, len(r), len(r))]) for _ in range(2000)]
-    return {"ratio": round(float(np.median(r)), 3), "ci95": [round(float(np.percentile(boot, q)), 3) for q in (2.5, 97.5)],
-            "wilcoxon_p": float(wilcoxon(a, b).pvalue)}
 
 
 def runner(path: Path):
@@ -137,10 +125,10 @@ def main() -> None:
     for model in MODELS:
         for precision in ("fp32", "int8"):
             k = f"{model} {precision}"
-            tests[f"{k}: tflite / onnx"] = paired(times[f"{k} onnx"], times[f"{k} tflite"])
+            tests[f"{k}: tflite / onnx"] = paired_times(times[f"{k} onnx"], times[f"{k} tflite"])
             if model == "resnet18":
-                tests[f"{k}: tflite (edge pad, before) / onnx"] = paired(times[f"{k} onnx"], times[f"{k} tflite-edge-pad"])
-                tests[f"{k}: tflite / tflite (edge pad, before)"] = paired(times[f"{k} tflite-edge-pad"], times[f"{k} tflite"])
+                tests[f"{k}: tflite (edge pad, before) / onnx"] = paired_times(times[f"{k} onnx"], times[f"{k} tflite-edge-pad"])
+                tests[f"{k}: tflite / tflite (edge pad, before)"] = paired_times(times[f"{k} tflite-edge-pad"], times[f"{k} tflite"])
     deleg = {n: delegation(arts[n]) for n in names if arts[n].suffix == ".tflite"}
     env = environment(threads=1)
     md = ["# edge's TFLite against its ONNX, same model and precision (`benchmarks/tflite_vs_onnx.py`)", "",

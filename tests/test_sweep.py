@@ -253,3 +253,25 @@ def test_a_sweep_on_the_emulated_pi_checks_outputs_once(tmp_path):
     assert len([r for r in doc["rows"] if r["device"] == "host"]) == 4
     [skip] = [s for s in doc["skipped"] if s.get("device") == "pi-emu"]
     assert skip["cell"] == "tiny/fp32/torchscript-mobile" and "torch" in skip["reason"]
+
+
+def test_ray_builds_get_the_threads_a_local_build_would(monkeypatch):
+    """Ray sets OMP_NUM_THREADS to a task's CPUs (1); int8 calibration sums depend on torch's thread
+    count, so a Ray build undoes it (Lite0's .pte differed from the local build before)."""
+    import os
+
+    import torch
+
+    from edge import sweep_ray
+
+    seen = {}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(sweep_ray, "build_task", lambda plan, cell, key: seen.update(
+        threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS")) or {"files": b""})
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert sweep_ray.build_with_local_threads(None, None, "k") == {"files": b""}
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"threads": len(os.sched_getaffinity(0)), "omp": None}

@@ -937,7 +937,9 @@ def _module(node: str) -> str | None:
 def _block(node: str) -> str | None:
     """The top-level block (features.3, classifier.1): the second scope of the node's name."""
     parts = node.split("/")
-    return parts[2] if node.startswith("/") and len(parts) >= 4 else (parts[1] if node.startswith("/") and len(parts) == 3 else None)
+    if not node.startswith("/") or len(parts) < 3:
+        return None
+    return parts[2] if len(parts) >= 4 else parts[1]
 
 
 def profile(backend, feeds: dict[int, np.ndarray], runs: int, p50_ms: float) -> dict:
