@@ -17,14 +17,16 @@ def build(model: str = "efficientnet_lite0", target: str = "tflite", *, precisio
           out: str | None = None, **options) -> dict | list[dict]:
     """Build `model` for `target` ("all": every installed target) and check it; returns the manifest
     (a list of manifests for "all"). Options are BuildConfig fields and stage options: weights,
-    calib, calib_method, eval, train, io, input_shape, tasks, budget, opset, and for
-    quantization-aware training qat, epochs, lr, max_steps. Raises edge.errors.EdgeError."""
+    calib, calib_method, eval, train, io, input_shape, tasks, budget, opset; the stages'
+    options: fine-tuning (finetune, num_classes, finetune_epochs), pruning (prune, prune_macs,
+    prune_steps), distillation (distill_epochs), quantization-aware training (qat, epochs, lr,
+    max_steps). `target` may be a comma list. Raises edge.errors.EdgeError."""
     from edge.config import BuildConfig
     from edge.pipeline import build as _build
 
-    cfg = BuildConfig(model=model, targets=(target,), precision=precision, out=out or f"out/{model}", **options)
+    cfg = BuildConfig(model=model, targets=tuple(t.strip() for t in target.split(",")), precision=precision, out=out or f"out/{model}", **options)
     manifests = _build(cfg)
-    return manifests if target == "all" else manifests[0]
+    return manifests if target == "all" or "," in target else manifests[0]
 
 
 def verify(out_dir: str, eval: str | None = None, *, model: str | None = None, weights: str | None = None,

@@ -111,7 +111,9 @@ def parser() -> argparse.ArgumentParser:
     b = command("build", "export a model to one or all targets, each artifact checked in its own runtime")
     b.add_argument("--model", default="efficientnet_lite0",
                    help="a registered model (see `edge models`) or path/to/file.py:factory")
-    b.add_argument("--target", default="tflite", help=f"{', '.join(TARGETS.names())}, or all (the installed ones)")
+    b.add_argument("--target", action="append", metavar="TARGET",
+                   help=f"{', '.join(TARGETS.names())}, or all (the installed ones); repeat it or give a comma "
+                        "list for several (default tflite)")
     prec = b.add_mutually_exclusive_group()
     prec.add_argument("--int8", dest="precision", action="store_const", const="int8", help="int8 (post-training, or --qat)")
     prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="fp16 weights")
@@ -230,8 +232,8 @@ def cmd_build(a: argparse.Namespace) -> int:
 
     model_name = a.model.split(":")[0].rsplit("/", 1)[-1].removesuffix(".py")
     stage_options = {k: getattr(a, k) for s in STAGES.configurable() for k in s.Config.options()
-                     if getattr(a, k, None) not in (None, False)}
-    cfg = BuildConfig(model=a.model, targets=(a.target,), precision=a.precision or "fp32", weights=a.weights,
+                     if getattr(a, k, None) is not None and getattr(a, k) is not False}  # 0 is a value
+    cfg = BuildConfig(model=a.model, targets=_targets(a.target), precision=a.precision or "fp32", weights=a.weights,
                       out=a.out or f"out/{model_name}", calib=a.calib, calib_method=a.calib_method, eval=a.eval,
                       train=a.train, io=a.io, input_shape=_input_shapes(a.input_shape), tasks=dict(a.task or ()),
                       budget=_budget(a), opset=a.opset, **stage_options)
@@ -510,6 +512,14 @@ def _setup_logging(a: argparse.Namespace) -> None:
         warnings.filterwarnings("ignore", category=UserWarning)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
+def _targets(given: list[str] | None) -> tuple[str, ...]:
+    """--target tflite --target onnx, or --target tflite,onnx (repeats dropped, order kept)."""
+    names = [n.strip() for g in (given or ["tflite"]) for n in g.split(",") if n.strip()]
+    if "all" in names and len(names) > 1:
+        raise UserError("--target all already means every installed target; give it alone")
+    return tuple(dict.fromkeys(names))
 
 
 def main(argv: list[str] | None = None) -> int:

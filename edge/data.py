@@ -143,6 +143,7 @@ class LabelledSet:
     paths: tuple[Path, ...]
     labels: tuple[int, ...]
     source: str
+    classes: tuple[str, ...] | None = None  # an ImageFolder tree's class names, in index order
 
 
 def load_labelled(folder: str | Path, what: str = "evaluation folder") -> LabelledSet:
@@ -156,11 +157,13 @@ def load_labelled(folder: str | Path, what: str = "evaluation folder") -> Labell
         raise UserError(f"{what} {folder} does not exist; pass an ImageFolder tree "
                         f"or a folder with labels.csv")
     csv_path = folder / "labels.csv"
+    names = None
     if csv_path.exists():
         paths, labels = _read_labels_csv(csv_path, folder / "images" if (folder / "images").is_dir() else folder)
     else:
         classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
         numeric = all(c.isdigit() for c in classes)
+        names = None if numeric else tuple(classes)
         paths, labels = [], []
         for i, c in enumerate(classes):
             for p in list_images(folder / c, "class folder"):
@@ -172,7 +175,7 @@ def load_labelled(folder: str | Path, what: str = "evaluation folder") -> Labell
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise UserError(f"{len(missing)} images named in {csv_path} are missing, e.g. {missing[0]}")
-    return LabelledSet(tuple(paths), tuple(labels), str(folder))
+    return LabelledSet(tuple(paths), tuple(labels), str(folder), names)
 
 
 def _read_labels_csv(csv_path: Path, base: Path) -> tuple[list[Path], list[int]]:

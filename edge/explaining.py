@@ -50,9 +50,10 @@ def explain(out_dir: str | Path, samples: int = 8, threshold_db: float | None = 
         m = load_manifest(path)
         artifact = artifact_of(path, m)
         cfg = (m.get("build") or {}).get("config") or {}
-        key = (cfg.get("model"), cfg.get("weights"), str(cfg.get("input_shape")), str(cfg.get("tasks")))
+        key = (cfg.get("model"), cfg.get("weights"), str(cfg.get("input_shape")), str(cfg.get("tasks")),
+               (m.get("reference_state") or {}).get("sha256"))
         if key not in cache:  # one reference per model, not per target
-            spec, net = reference_model(m, model, weights)
+            spec, net = reference_model(m, model, weights, path.parent)
             _, par = builtin_sets(spec)
             cache[key] = (net, par.head(samples), par.source)
         net, x, source = cache[key]

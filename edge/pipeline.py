@@ -101,7 +101,7 @@ def _run(stage, state: BuildState) -> None:
     interrupts.check()
     if stage.enabled(state):
         record = stage.run(state)
-        if stage.scope == "model":
+        if stage.scope == "model" and record is not None:
             state.records.append({"stage": stage.name, **_settings(stage, state), **(record or {})})
 
 

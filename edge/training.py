@@ -1,6 +1,7 @@
 """The shared trainer: a student network learns from a teacher (its fp32 original) and, when the
-data are labelled, from the labels. QAT uses it today (edge.quantize.qat); fine-tuning, pruning
-recovery and distillation stages are meant to call the same `distill` with their own student.
+data are labelled, from the labels. QAT (edge.quantize.qat), fine-tuning (edge.stages.finetune:
+no teacher, labels only), pruning recovery and distillation (edge.stages.prune, .distill) all call
+the same `distill` with their own student.
 
 * `TrainSet` / `training_set`: the samples (one array per input), from `--train` or, unlabelled,
   from the calibration set.
@@ -41,6 +42,7 @@ class TrainSet:
     labels: np.ndarray | None
     source: str
     image: str | None = None
+    classes: tuple[str, ...] | None = None  # the class names of an ImageFolder tree, in index order
 
     @property
     def x(self) -> np.ndarray:
@@ -57,7 +59,7 @@ class TrainSet:
 
     def take(self, idx) -> "TrainSet":
         return TrainSet({k: a[idx] for k, a in self.arrays.items()}, None if self.labels is None else self.labels[idx],
-                        self.source, self.image)
+                        self.source, self.image, self.classes)
 
 
 def training_set(train: str | None, calib, spec) -> TrainSet:
@@ -70,6 +72,7 @@ def training_set(train: str | None, calib, spec) -> TrainSet:
     image = spec.image.name if spec.image is not None else None
     if train is None:
         return TrainSet(dict(calib.arrays), None, f"calibration set ({calib.source}), unlabelled", image)
+    names = None
     if Path(train).suffix == ".npz":
         arrays, labels = load_npz(train, spec.inputs, labelled=True)
         source = f"{train} (labelled, {len(labels)} samples)"
@@ -78,16 +81,19 @@ def training_set(train: str | None, calib, spec) -> TrainSet:
             raise UserError(f"--train {train}: {spec.name}'s input is not one image; pass --train data.npz "
                             "(one array per input name, and labels)")
         ds = load_labelled(train, what="--train folder")
-        labels = np.asarray(ds.labels, np.int64)
+        labels, names = np.asarray(ds.labels, np.int64), ds.classes
         arrays = {image: load_images(ds.paths, spec.image.source.preprocess, progress="loading --train images")}
         source = f"{train} (labelled, {len(labels)} images)"
-    cls = next((o for o in spec.outputs if o.task == "classification"), None)
-    classes = spec.num_classes if cls is None or cls.shape is None else cls.shape[1]
-    if cls is None:
+    if not any(o.task == "classification" for o in spec.outputs):
         raise UserError(f"--train gives class labels, but {spec.name} has no classification output to train them on")
-    if classes and labels.max() >= classes:
-        raise UserError(f"--train {train} has class index {labels.max()}, but the model has {classes} classes")
-    return TrainSet(arrays, labels.astype(np.int64), source, image)
+    return TrainSet(arrays, labels.astype(np.int64), source, image, names)
+
+
+def check_classes(data: TrainSet, classes: int) -> None:
+    """The labels of `data` are classes of a model with `classes` outputs (not fine-tuned to them)."""
+    if data.labels is not None and classes and data.labels.max() >= classes:
+        raise UserError(f"--train {data.source} has class index {data.labels.max()}, but the model has {classes} "
+                        "classes; add --finetune to train a new classifier on --train's classes")
 
 
 def split(data: TrainSet, holdout: float, rng) -> tuple[TrainSet, TrainSet | None]:
@@ -107,11 +113,12 @@ class Result:
     best: tuple[int, dict] | None  # (step, state_dict) of the checkpoint with the lowest held-out loss
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSet | None, *, steps: int,
+def distill(student: nn.Module, teacher: nn.Module | None, data: TrainSet, val: TrainSet | None, *, steps: int,
             check_every: int, lr: float, batch_size: int, rng, tasks=("classification",), label: str = "train",
             before_step: Callable[[int], None] | None = None, measuring: Callable | None = None,
             monitor: Callable | None = None, step0_is_candidate: bool = True) -> Result:
-    """Train `student` (in place) for `steps` batches against `teacher`'s outputs and `data`'s labels.
+    """Train `student` (in place) for `steps` batches against `teacher`'s outputs and `data`'s labels
+(teacher None: the labels alone, which `data` must then have).
     before_step(step) runs before each step (a stage's schedule); measuring(student) is the context
     the held-out loss is computed in (default: eval mode, restored after); monitor(step, student) is
     called at every checkpoint. `rng`: numpy Generator for batches and augmentation."""
@@ -141,7 +148,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSe
             before_step(step)
         x = data.batch(idx, lambda t: augment(t, rng))
         with torch.no_grad():
-            target = teacher(*x)
+            target = None if teacher is None else teacher(*x)
         value = loss(student(*x), target, None if data.labels is None else torch.from_numpy(data.labels[idx]), tasks)
         if not torch.isfinite(value):
             bar.close()
@@ -160,7 +167,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainSet, val: TrainSe
 
 
 @torch.no_grad()
-def held_out_loss(student: nn.Module, teacher: nn.Module, val: TrainSet, batch_size: int,
+def held_out_loss(student: nn.Module, teacher: nn.Module | None, val: TrainSet, batch_size: int,
                   tasks=("classification",), measuring: Callable | None = None) -> float:
     """The training objective on the held-out samples (centre view, no augmentation)."""
     total = 0.0
@@ -169,7 +176,7 @@ def held_out_loss(student: nn.Module, teacher: nn.Module, val: TrainSet, batch_s
             idx = np.arange(i, min(i + batch_size, len(val)))
             x = val.batch(idx)
             labels = None if val.labels is None else torch.from_numpy(val.labels[idx])
-            total += loss(student(*x), teacher(*x), labels, tasks).item() * len(idx)
+            total += loss(student(*x), None if teacher is None else teacher(*x), labels, tasks).item() * len(idx)
     return float(f"{total / len(val):.5g}")
 
 
@@ -224,12 +231,17 @@ def augment(x: torch.Tensor, rng) -> torch.Tensor:
 def loss(student, teacher, labels: torch.Tensor | None, tasks=("classification",)) -> torch.Tensor:
     """Distillation per output (classification: KL divergence between the softmaxes; dense: squared
     error relative to the teacher's energy), plus cross-entropy on the labels for the first
-    classification output."""
+    classification output. teacher None: the cross-entropy alone."""
     from edge.models.loading import output_list
 
     total, labelled = 0.0, labels is None
-    for s, t, task in zip(output_list(student), output_list(teacher), tasks):
-        if task == "classification":
+    students = output_list(student)
+    teachers = output_list(teacher) if teacher is not None else [None] * len(students)
+    for s, t, task in zip(students, teachers, tasks):
+        if t is None:
+            if task == "classification" and not labelled:
+                total, labelled = total + F.cross_entropy(s, labels), True
+        elif task == "classification":
             total = total + F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
             if not labelled:
                 total, labelled = total + F.cross_entropy(s, labels), True

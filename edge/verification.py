@@ -103,7 +103,7 @@ def verify(out_dir: str | Path, eval: str | None = None, budget: dict | None = N
                             "precision": m["precision"], "passed": False, "failures": [str(e)]})
             continue
         if eval is not None:
-            x, ref, source, labels = reference_on(m, eval, model, weights)
+            x, ref, source, labels = reference_on(m, eval, model, weights, path.parent)
         b, tasks = budgets(m, budget)
         if eval is None:
             for v in b.values():
@@ -126,20 +126,38 @@ def verify(out_dir: str | Path, eval: str | None = None, budget: dict | None = N
     return reports
 
 
-def reference_on(m: dict, eval: str, model: str | None, weights: str | None):
+def reference_on(m: dict, eval: str, model: str | None, weights: str | None, folder: Path | None = None):
     """(inputs, reference outputs, source, labels) on labelled data, from the reference model."""
     from edge.quantize.calibration import evaluation_set
     from edge.runner import TorchRunner
 
-    spec, net = reference_model(m, model, weights)
+    spec, net = reference_model(m, model, weights, folder)
     s = evaluation_set(eval, spec)
-    return s.arrays, TorchRunner(net, spec).run(s.arrays, progress="reference pass"), s.source, s.labels
+    return s.arrays, TorchRunner(net, spec).run(s.arrays, progress="reference pass"), s.source, \
+        _fine_tuned_labels(m, s.labels, eval)
 
 
-def reference_model(m: dict, model: str | None = None, weights: str | None = None):
+def _fine_tuned_labels(m: dict, labels, eval: str):
+    """--eval's labels in a fine-tuned model's classes (the class map its build recorded)."""
+    import numpy as np
+
+    cmap = next((s.get("class_map") for s in m.get("stages") or [] if isinstance(s, dict)
+                 and s.get("stage") == "finetune"), None)
+    if labels is None or not isinstance(cmap, dict):
+        return labels
+    cmap = {int(k): int(v) for k, v in cmap.items()}
+    missing = sorted(set(int(v) for v in labels) - set(cmap))
+    if missing:
+        raise UserError(f"--eval {eval} has class index {missing[0]}, which {m['artifact']} was not fine-tuned to")
+    return np.array([cmap[int(v)] for v in labels], np.int64)
+
+
+def reference_model(m: dict, model: str | None = None, weights: str | None = None, folder: Path | None = None):
     """(spec, fp32 eval-mode nn.Module) of the build a manifest describes. A registered model comes
     from the registry; a user's network and weights from a file only when given here, and only if
-    they match the sha256 the build recorded."""
+    they match the sha256 the build recorded. A network the build's stages changed (fine-tuned,
+    pruned) is the registry's (or the user's) network reshaped and loaded from the reference.pt
+    saved beside the artifact (`folder`), checked against its sha256."""
     from edge.config import BuildConfig
     from edge.models.loading import file_sha256, is_custom, load_model, resolve_model
 
@@ -158,6 +176,9 @@ def reference_model(m: dict, model: str | None = None, weights: str | None = Non
             raise UserError(f"--model {model} is not the file {m['artifact']} was built from (its sha256 differs "
                             "from the one recorded at build time)")
         name = model
+    saved = m.get("reference_state")
+    if saved is not None:
+        return _saved_reference(m, saved, name, cfg, folder)
     if w not in ("imagenet", "random"):
         if weights is not None and not Path(weights).is_file():
             raise UserError(f"--weights {weights} does not exist")
@@ -168,3 +189,21 @@ def reference_model(m: dict, model: str | None = None, weights: str | None = Non
         w = weights
     spec = resolve_model(name, cfg.input_shape, cfg.tasks)
     return spec, load_model(spec, w)
+
+
+def _saved_reference(m: dict, saved, name: str, cfg, folder: Path | None):
+    from edge.models.loading import guarded, resolve_model
+    from edge.network import load_reference
+
+    if folder is None or not isinstance(saved, dict) or "file" not in saved:
+        raise UserError(f"the manifest of {m.get('artifact')} names no usable reference_state; rebuild it")
+    path = mf.member(folder, saved["file"], "reference file")
+    if not path.is_file() or mf.sha256(path) != saved.get("sha256"):
+        raise ParityError(f"{path} is missing or does not match the sha256 in its manifest")
+    spec = resolve_model(name, cfg.input_shape, cfg.tasks)
+    with guarded(spec, "building the network"):
+        base = spec.build()
+    net, classes = load_reference(base, path)
+    if classes:
+        spec = spec.with_classes(classes)
+    return spec, net

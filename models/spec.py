@@ -109,6 +109,14 @@ class ModelSpec:
         model = self.builder(input_shape=tuple(shape), num_classes=self.num_classes)
         return model.eval()
 
+    def with_classes(self, names: list[str]) -> "ModelSpec":
+        """This spec with a classification output of len(names) classes (a fine-tuned classifier)."""
+        names = list(names)
+        cls = next(i for i, o in enumerate(self.outputs) if o.task == "classification")
+        out = replace(self.outputs[cls], shape=(1, len(names)))
+        return replace(self, num_classes=len(names), outputs=(*self.outputs[:cls], out, *self.outputs[cls + 1:]),
+                       labels=lambda: names)
+
     def budget(self, precision: str, task: str = "classification") -> dict[str, float]:
         from edge.precisions import PRECISIONS
 

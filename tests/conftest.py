@@ -66,3 +66,37 @@ def imagenet_sample() -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+DIGITS_EPOCHS = 30
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> dict:
+    """The digits CNN trained on 70% of scikit-learn's digits (seconds), its state dict, and .npz
+    files: calibration (training digits) and evaluation (the held-back 30%, with labels)."""
+    pytest.importorskip("sklearn")
+    from edge.models.digits import load_digits
+
+    d = tmp_path_factory.mktemp("digits")
+    xtr, ytr, xte, yte = load_digits()
+    torch.manual_seed(0)
+    model = MODELS.get("digits_cnn").build().train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    for _ in range(DIGITS_EPOCHS):
+        for idx in torch.randperm(len(x)).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    torch.save(model.state_dict(), d / "digits.pt")
+    np.savez(d / "calib.npz", pixels=xtr[:400])
+    np.savez(d / "eval.npz", pixels=xte, labels=yte)
+    np.savez(d / "train.npz", pixels=xtr, labels=ytr)
+    upper, upper_te = ytr >= 5, yte >= 5  # a five-class task (the digits 5-9) to fine-tune to
+    np.savez(d / "train5.npz", pixels=xtr[upper], labels=ytr[upper])
+    np.savez(d / "eval5.npz", pixels=xte[upper_te], labels=yte[upper_te])
+    return {"weights": str(d / "digits.pt"), "calib": str(d / "calib.npz"), "eval": str(d / "eval.npz"),
+            "train": str(d / "train.npz"), "train5": str(d / "train5.npz"), "eval5": str(d / "eval5.npz"),
+            "n_eval": len(xte), "dir": d}

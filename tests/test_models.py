@@ -24,35 +24,6 @@ from edge.targets import TARGETS
 from test_errors import fail
 
 FUSION = f"{Path(__file__).parent / 'assets' / 'fusion.py'}:make"
-DIGITS_EPOCHS = 30
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> dict:
-    """The digits CNN trained on 70% of scikit-learn's digits (seconds), its state dict, and .npz
-    files: calibration (training digits) and evaluation (the held-back 30%, with labels)."""
-    pytest.importorskip("sklearn")
-    from edge.models.digits import load_digits
-
-    d = tmp_path_factory.mktemp("digits")
-    xtr, ytr, xte, yte = load_digits()
-    torch.manual_seed(0)
-    model = MODELS.get("digits_cnn").build().train()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    for _ in range(DIGITS_EPOCHS):
-        for idx in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    torch.save(model.state_dict(), d / "digits.pt")
-    np.savez(d / "calib.npz", pixels=xtr[:400])
-    np.savez(d / "eval.npz", pixels=xte, labels=yte)
-    return {"weights": str(d / "digits.pt"), "calib": str(d / "calib.npz"), "eval": str(d / "eval.npz"),
-            "n_eval": len(xte)}
-
-
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_digits_real_accuracy_on_every_target(digits, precision, tmp_path):
     """Real accuracy, in each runtime: fp32 as PyTorch's; int8 within 1 pp of fp32 (the default int8

@@ -141,7 +141,29 @@ class BuildState:
     judged_on: str | None = None
     ctx: "ExportContext | None" = None
     qat: Any = None  # edge.quantize.qat.QATResult
+    teacher: Any = None  # the network before pruning, which distillation learns from
+    reshaped: list[str] = field(default_factory=list)  # stages that changed the network's shape or head
+    _train: Any = None  # the training samples, loaded once for every stage that trains
     inputs_record: dict = field(default_factory=dict)  # provenance of model file / weights, for the manifest
     records: list[dict] = field(default_factory=list)  # model-scope stage records
     artifacts: list[ArtifactState] = field(default_factory=list)
     published: list[dict] = field(default_factory=list)  # the manifests publish wrote
+
+    def training_data(self):
+        """--train's samples (labelled), else the calibration samples (unlabelled): edge.training.TrainSet."""
+        from edge.training import training_set
+
+        if self._train is None:
+            self._train = training_set(self.config.train, self.calib, self.spec)
+        return self._train
+
+    def set_network(self, model, stage: str, spec=None) -> None:
+        """A model-scope stage's result becomes what the targets export and what they are checked
+        against (QAT does not come here: its artifacts are judged against the float network)."""
+        from dataclasses import replace
+
+        self.model = self.reference = model
+        if spec is not None:
+            self.spec = spec
+        self.ctx = replace(self.ctx, model=model, spec=self.spec)
+        self.reshaped.append(stage)

@@ -1,5 +1,6 @@
-"""load: the model spec, the network with its weights, the calibration and check samples, and
-the reference's outputs on the check samples (every later stage compares against these)."""
+"""load: the model spec, the network with its weights, and the calibration and check samples.
+The reference's outputs on the check samples, which every artifact is compared with, come later
+(edge.stages.reference): the training stages may change the network first."""
 from __future__ import annotations
 
 import logging
@@ -31,24 +32,23 @@ class Load(Stage):
         spec = resolve_model(cfg.model, cfg.input_shape, cfg.tasks)
         model = load_model(spec, cfg.weights)
         int8 = cfg.precision == "int8"
-        calib, parity = calibration_and_parity(cfg.calib, spec, int8, cfg.eval is not None)
+        # the stages that train without --train (pruning's distillation) learn on the calibration samples
+        trains = cfg.train is None and any(c.enabled() and c.uses_train for c in cfg.stages.values())
+        calib, parity = calibration_and_parity(cfg.calib, spec, int8 or trains, cfg.eval is not None)
         samples = evaluation_set(cfg.eval, spec) if cfg.eval else parity
         if cfg.eval is None and len(samples) < SMALL_CHECK:
             log.warning("parity is checked on %d held-out samples only; pass --eval (labelled data) for an "
                         "accuracy check", len(samples))
-        reference = TorchRunner(model, spec)
-        log.info("reference: %s on %d samples from %s", spec.name, len(samples), samples.source)
-        with guarded(spec, "forward"):
-            ref = reference.run(samples.arrays, progress="reference pass")
-        spec = _with_output_shapes(spec, ref)
+        with guarded(spec, "forward"):  # one sample: the outputs' shapes
+            first = TorchRunner(model, spec).run(samples.head(1).arrays)
+        spec = _with_output_shapes(spec, first)
         for o in spec.outputs:
             why = can_judge(o.task, o.shape)
             if why:
                 raise UserError(f"output {o.name}: {why}")
-        _check_labels(spec, samples)
         random = cfg.weights == "random"
         state.spec, state.reference, state.model, state.calib = spec, model, model, calib
-        state.check = Check(samples, ref, samples.source)
+        state.check = Check(samples, {}, samples.source)
         state.budgets = {o.name: budget_for(spec, o, cfg.precision, cfg.budget, random) for o in spec.outputs}
         state.judged_on = RANDOM_WEIGHTS_NOTE if random else None
         if is_custom(cfg.model):
@@ -57,7 +57,8 @@ class Load(Stage):
         if cfg.weights not in ("imagenet", "random"):
             state.inputs_record["weights_sha256"] = file_sha256(cfg.weights)
         # what every target's export shares: the network, one real sample to trace with, the calibration set
-        state.ctx = ExportContext(model, spec, state.staging, example=samples.head(1).arrays, calib=calib,
+        state.ctx = ExportContext(model, spec, state.staging, example=samples.head(1).arrays,
+                                  calib=calib if int8 else None,
                                   calib_method=cfg.calib_method, io=cfg.io, opset=cfg.opset)
         return {"model": spec.name, "weights": cfg.weights, "inputs": [i.to_json() for i in spec.inputs],
                 "outputs": [o.to_json() for o in spec.outputs], "check_samples": len(samples),
@@ -67,22 +68,6 @@ class Load(Stage):
 def _with_output_shapes(spec, ref: dict[str, np.ndarray]):
     outputs = tuple(replace(o, shape=(1, *ref[o.name].shape[1:])) for o in spec.outputs)
     return replace(spec, outputs=outputs)
-
-
-def _check_labels(spec, samples) -> None:
-    if samples.labels is None:
-        return
-    labels = samples.labels
-    cls = next((o for o in spec.outputs if o.task == "classification"), None)
-    if cls is None:
-        raise UserError(f"--eval gives class labels, but {spec.name} has no classification output to score them on")
-    classes = cls.shape[1]
-    if labels.max() >= classes:
-        raise UserError(f"--eval {samples.source.removeprefix('eval ')} has class index {labels.max()}, but "
-                        f"{spec.name} has {classes} classes")
-    if len(set(labels.tolist())) == 1:
-        log.warning("--eval holds a single class (%d): top-1 then measures one class's recall, not accuracy",
-                    int(labels[0]))
 
 
 register_stage(Load())

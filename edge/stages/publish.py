@@ -38,6 +38,8 @@ def publish(state: BuildState, a: ArtifactState) -> dict:
     check = _check(state, folder)
     extra = a.target.finish(a.exported, state.spec, folder / labels if labels else None)
     m = manifest(state, a, labels, check, extra)
+    if state.reshaped:
+        m["reference_state"] = _reference(state, folder)
     mf.write_json_atomic(folder / mf.MANIFEST, m)
     dest = state.out / a.target.name
     mf.publish_folder(folder, dest)
@@ -56,6 +58,19 @@ def _labels(state: BuildState, folder: Path) -> str | None:
         names = [str(i) for i in range(n)]
     (folder / mf.LABELS_FILE).write_text("".join(f"{x}\n" for x in names))
     return mf.LABELS_FILE
+
+
+def _reference(state: BuildState, folder: Path) -> dict:
+    """The network the stages made (fine-tuned, pruned), saved as data for `edge verify --eval`
+    and `edge explain`, which cannot rebuild it from the registry alone."""
+    from edge.network import REFERENCE_FILE, save_reference
+
+    path = folder / REFERENCE_FILE
+    names = state.spec.labels() if "finetune" in state.reshaped and state.spec.labels else None
+    save_reference(state.reference, path, names)
+    return {"file": REFERENCE_FILE, "sha256": mf.sha256(path), "made_by": list(dict.fromkeys(state.reshaped)),
+            "note": "the fp32 network the artifact was converted from and is checked against: its state dict and "
+                    "module sizes (torch.load weights_only=True)"}
 
 
 def _check(state: BuildState, folder: Path) -> dict:

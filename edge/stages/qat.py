@@ -55,12 +55,13 @@ class QAT(Stage):
 
     def run(self, state: BuildState, artifact=None) -> dict:
         from edge.quantize import qat
-        from edge.training import training_set
+        from edge.training import check_classes
 
         cfg, c = state.config, state.config.stage(self.name)
         if cfg.train and cfg.eval and Path(cfg.train).resolve() == Path(cfg.eval).resolve():
             log.warning("--train and --eval are the same data: the accuracy check then measures training samples")
-        data = training_set(cfg.train, state.calib, state.spec)
+        data = state.training_data()
+        check_classes(data, next((o.shape[1] for o in state.spec.outputs if o.task == "classification"), 0))
         opts = {k: v for k, v in (("epochs", c.epochs), ("lr", c.lr), ("max_steps", c.max_steps)) if v is not None}
         log.info("qat: fine-tuning on %s", data.source)
         state.qat = qat.fine_tune(state.model, state.ctx.example_tensors(), data, spec=state.spec, **opts)

@@ -1,0 +1,190 @@
+"""EfficientNet-Lite0 fine-tuned to imagenette's 10 classes, then pruned, distilled and int8: what
+each step buys, on ../shared/data/imagenette (train/ for every kind of training and for
+calibration, eval/ for accuracy only).
+
+Each configuration is one `edge build` on the command line, as a user runs it, timed end to end:
+
+    finetuned      --finetune                         (head, then the whole network)
+    pruned-0.60    --finetune --prune-macs 0.6        (then distilled from the fine-tuned network)
+    ...
+
+all `--int8 --target tflite,onnx,executorch`, calibrated on the first 500 photos of train/.
+Then, per artifact: top-1 on the 4,000 eval photos in its own runtime (per photo, for McNemar's
+test between any two), MACs and parameters from the manifest's stages, size, and p50 at 1 thread
+of the TFLite and ONNX artifacts, every artifact timed in one process, interleaved run by run.
+
+    python benchmarks/compress_lite0.py [--configs finetuned pruned-0.60] [--runs 200] [--work DIR]
+
+--work (default benchmarks/sweeps/compress-lite0) keeps the builds; a configuration whose build
+folder holds manifests is not built again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import SHARED, environment, paired_times, save  # noqa: E402
+from lite0_imagenette import calibration_dir  # noqa: E402
+
+IMAGENETTE = SHARED / "imagenette"
+TARGETS = ("tflite", "onnx", "executorch")
+CONFIGS = {"finetuned": [], "pruned-0.60": ["--prune-macs", "0.6"], "pruned-0.45": ["--prune-macs", "0.45"]}
+WARMUP = 20
+
+
+def build(name: str, work: Path, calib: Path) -> dict:
+    out = work / name
+    if all((out / t / "manifest.json").is_file() for t in TARGETS):
+        return json.loads((out / "build.json").read_text()) if (out / "build.json").is_file() else {}
+    edge = Path(sys.executable).parent / "edge"
+    cmd = [str(edge), "build", "--model", "efficientnet_lite0", "--int8", "--target", ",".join(TARGETS),
+           "--finetune", "--train", str(IMAGENETTE / "train"), "--eval", str(IMAGENETTE / "eval"),
+           "--calib", str(calib), "--out", str(out), *CONFIGS[name]]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    info = {"command": " ".join(["edge", *cmd[1:]]), "seconds": round(time.perf_counter() - t0, 1)}
+    (out / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def stage_figures(m: dict) -> dict:
+    stages = {s["stage"]: s for s in m["stages"]}
+    first = stages["finetune"]["before"]
+    last = next(stages[s]["after"] for s in ("distill", "prune", "finetune") if s in stages)
+    return {"macs": last["macs"], "params": last["params"], "macs_vs_lite0": round(last["macs"] / first["macs"], 3),
+            "head_held_out_top1": stages["finetune"]["head"]["held_out_top1"],
+            "kl_to_teacher": (stages.get("distill") or {}).get("kl_to_teacher"),
+            "stage_seconds": {k: v.get("seconds") for k, v in stages.items() if v.get("seconds") is not None}}
+
+
+def predictions(out: Path, x) -> dict:
+    """Top-1 per photo: each artifact in its runtime, and the fp32 network it was built from."""
+    import numpy as np
+
+    from edge.runner import TorchRunner
+    from edge.targets import TARGETS as REG
+    from edge.verification import reference_model
+
+    preds = {}
+    for t in TARGETS:
+        m = json.loads((out / t / "manifest.json").read_text())
+        y = REG.get(t).load(out / t / m["artifact"], m).run(x)
+        preds[t] = np.argmax(next(iter(y.values())), 1)
+    spec, net = reference_model(m, folder=out / t)
+    preds["fp32"] = np.argmax(next(iter(TorchRunner(net, spec).run(x).values())), 1)
+    return preds
+
+
+def mcnemar(a, b, labels) -> dict:
+    import numpy as np
+    from scipy.stats import binomtest
+
+    ca, cb = a == labels, b == labels
+    n01, n10 = int((~ca & cb).sum()), int((ca & ~cb).sum())
+    diff = cb.astype(float) - ca.astype(float)
+    rng = np.random.default_rng(0)
+    boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
+    return {"diff_pp": round(100 * diff.mean(), 2), "ci95_pp": [round(100 * np.percentile(boot, q), 2) for q in (2.5, 97.5)],
+            "mcnemar_p": float(binomtest(n01, n01 + n10, 0.5).pvalue) if n01 + n10 else 1.0,
+            "only_a_right": n10, "only_b_right": n01}
+
+
+def main() -> None:
+    import numpy as np
+
+    from edge.data import load_images, load_labelled
+    from edge.models import MODELS
+    from tflite_vs_onnx import runner
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", default=["finetuned", "pruned-0.60"], choices=list(CONFIGS))
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--work", type=Path, default=Path(__file__).parent / "sweeps" / "compress-lite0")
+    ap.add_argument("--build-only", action="store_true")
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    calib = a.work / "calib500"
+    if not calib.is_dir():
+        calibration_dir(calib, 500)
+    builds = {c: build(c, a.work, calib) for c in a.configs}
+    if a.build_only:
+        return
+    ds = load_labelled(IMAGENETTE / "eval")
+    x = load_images(ds.paths, MODELS.get("efficientnet_lite0").preprocess, progress="loading eval")
+    rows, preds = [], {}
+    for c in a.configs:
+        out = a.work / c
+        p = predictions(out, x)
+        m0 = json.loads((out / "tflite" / "manifest.json").read_text())
+        # the build's own class map turns imagenette's ImageNet indices into the fine-tuned classes
+        cmap = {int(k): v for k, v in next(s for s in m0["stages"] if s["stage"] == "finetune")["class_map"].items()}
+        labels = np.array([cmap[int(v)] for v in ds.labels])
+        figs = stage_figures(m0)
+        for t, y in p.items():
+            preds[f"{c} {t}"] = y
+            size = (out / t / json.loads((out / t / "manifest.json").read_text())["artifact"]).stat().st_size \
+                if t != "fp32" else None
+            rows.append({"config": c, "artifact": t, "top1": round(100 * float((y == labels).mean()), 2),
+                         "size_bytes": size, **figs, "build_seconds": builds[c].get("seconds")})
+    tests = {}
+    for c in a.configs:
+        for t in TARGETS:
+            tests[f"{c}: {t} int8 vs its fp32"] = mcnemar(preds[f"{c} fp32"], preds[f"{c} {t}"], labels)
+    base = a.configs[0]
+    for c in a.configs[1:]:
+        for t in ("fp32", *TARGETS):
+            tests[f"{c} vs {base}: {t}"] = mcnemar(preds[f"{base} {t}"], preds[f"{c} {t}"], labels)
+    # latency: TFLite and ONNX of every configuration, one process, 1 thread, interleaved
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    arts = {f"{c} {t}": a.work / c / t / json.loads((a.work / c / t / "manifest.json").read_text())["artifact"]
+            for c in a.configs for t in ("tflite", "onnx")}
+    names = list(arts)
+    run = {n: runner(arts[n]) for n in names}
+    for n in names:
+        for _ in range(WARMUP):
+            run[n]()
+    times = {n: np.zeros(a.runs) for n in names}
+    for i in range(a.runs):
+        for n in (names if i % 2 == 0 else names[::-1]):
+            s = time.perf_counter()
+            run[n]()
+            times[n][i] = time.perf_counter() - s
+    p50 = {n: round(1e3 * float(np.median(times[n])), 3) for n in names}
+    speed = {f"{c} vs {base}: {t}": paired_times(times[f"{base} {t}"], times[f"{c} {t}"])
+             for c in a.configs[1:] for t in ("tflite", "onnx")}
+    env = environment(threads=1)
+    md = ["# EfficientNet-Lite0 fine-tuned to imagenette, pruned, distilled, int8 (`benchmarks/compress_lite0.py`)", "",
+          f"Machine: {env['machine']['processor']}, {env['machine']['cpu_count']} cores, load average at start "
+          f"{env['load_average_at_start']}; git {env['git_commit']}. Top-1 over the 10 classes on imagenette/eval "
+          "(4,000 photos), each artifact in its own runtime; fp32 is the network the artifacts were converted from "
+          "(reference.pt, in PyTorch). Training and calibration on imagenette/train only.", "",
+          "| configuration | build (min) | MACs (M) | vs Lite0 | params (M) | artifact | size MB | top-1 % | p50 ms (1 thread) |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = f"{r['config']} {r['artifact']}"
+        size = "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 1e6:.2f}"
+        md.append(f"| {r['config']} | {(r['build_seconds'] or 0) / 60:.1f} | {r['macs'] / 1e6:.1f} | {r['macs_vs_lite0']:.2f}x | "
+                  f"{r['params'] / 1e6:.2f} | {r['artifact']} | "
+                  f"{size} | {r['top1']:.2f} | "
+                  f"{p50.get(n, '-')} |")
+    md += ["", "Paired accuracy (McNemar's exact test; 95% bootstrap interval of b - a):", "",
+           "| a vs b | b - a (pp) | 95% CI | McNemar p | only a right | only b right |", "|---|---|---|---|---|---|"]
+    md += [f"| {k} | {v['diff_pp']:+.2f} | {v['ci95_pp'][0]:+.2f}..{v['ci95_pp'][1]:+.2f} | {v['mcnemar_p']:.3g} | "
+           f"{v['only_a_right']} | {v['only_b_right']} |" for k, v in tests.items()]
+    md += ["", f"Latency, paired ({a.runs} interleaved runs after {WARMUP} warm-up; median of per-run ratios, 95% "
+           "bootstrap interval, Wilcoxon p):", "", "| comparison | ratio | 95% CI | Wilcoxon p |", "|---|---|---|---|"]
+    md += [f"| {k} | {v['ratio']}x | {v['ci95'][0]}..{v['ci95'][1]} | {v['wilcoxon_p']:.2g} |" for k, v in speed.items()]
+    md += ["", "Builds:", ""] + [f"- {c}: `{builds[c].get('command', '(reused)')}`" for c in a.configs]
+    save("compress_lite0", {"rows": rows, "accuracy_tests": tests, "p50_ms": p50, "latency_tests": speed,
+                            "builds": builds, "runs": a.runs, "environment": env}, "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()

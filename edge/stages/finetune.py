@@ -1,0 +1,211 @@
+"""finetune: a new classifier for the user's own classes (`--finetune --train DIR`), as TFLite
+Model Maker does with an EfficientNet-Lite backbone: head first, then the whole network.
+
+1. The classifier (the last nn.Linear with the model's class count) is replaced by one with the
+   classes of `--train` (`--num-classes N`, or the classes found: an ImageFolder tree's folders,
+   or the distinct indices of a labels.csv, mapped to 0..K-1 in sorted order; their names come
+   from the folder names or, for ImageNet indices, from the model's own labels).
+2. Head: the backbone's features of every training sample are computed once (centre view, batch
+   norm on its running statistics), and the new classifier is trained on them alone (AdamW,
+   cross-entropy, the epoch with the lowest held-out loss kept). Cheap: one forward pass.
+3. Whole network: `--finetune-epochs` passes of the shared trainer (edge.training.distill with no
+   teacher: cross-entropy on the labels, random crops of 80-100% and flips on the preprocessed
+   image, SGD with a cosine decay, batch norm frozen, held-out checkpoint pick).
+
+--eval's labels are mapped with the same class map, so its accuracy is over the new classes."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from edge.config import positive_int
+from edge.errors import UserError
+from edge.stages.base import BuildState, Stage, StageConfig, register_stage
+
+log = logging.getLogger("edge")
+
+HEAD_EPOCHS = 30
+HEAD_LR = 1e-3
+HEAD_WEIGHT_DECAY = 1e-4
+HEAD_BATCH = 64
+# Whole-network epochs after the head (EfficientNet-Lite0 on imagenette: see the README's
+# fine-tuning table for what the head alone and one epoch give).
+DEFAULT_EPOCHS = 1.0
+LR = 5e-3
+BATCH_SIZE = 32
+HOLDOUT = 0.1
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(StageConfig):
+    finetune: bool = False
+    num_classes: int | None = None  # None: the classes --train holds
+    finetune_epochs: float | None = None  # whole-network passes after the head (0: the head only)
+    uses_train = True
+
+    def enabled(self) -> bool:
+        return self.finetune or self.num_classes is not None
+
+    def validate(self, build) -> None:
+        if not self.enabled():
+            if self.finetune_epochs is not None:
+                raise UserError("--finetune-epochs applies to fine-tuning; add --finetune")
+            return
+        if build.train is None:
+            raise UserError("--finetune trains on your classes: pass --train DIR (an ImageFolder tree or a folder "
+                            "with labels.csv)")
+        positive_int(self.num_classes, "--num-classes")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise UserError(f"--num-classes {self.num_classes}: a classifier needs at least 2 classes")
+        e = self.finetune_epochs
+        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1000):
+            raise UserError(f"--finetune-epochs must be a number from 0 to 1000, not {e!r}")
+
+
+class Finetune(Stage):
+    name = "finetune"
+    scope = "model"
+    order = 20
+    Config = FinetuneConfig
+
+    def add_arguments(self, parser) -> None:
+        g = parser.add_argument_group("fine-tuning on your classes (with --train DIR)")
+        g.add_argument("--finetune", action="store_true",
+                       help="replace the classifier with one for --train's classes and fine-tune")
+        g.add_argument("--num-classes", type=int, help="classes of the new classifier (default: those --train holds)")
+        g.add_argument("--finetune-epochs", type=float,
+                       help=f"whole-network passes after the head (default {DEFAULT_EPOCHS:g}; 0: the head only)")
+
+    def run(self, state: BuildState, artifact=None) -> dict:
+        from edge import training
+        from edge.network import measure, replace_classifier
+
+        c, spec = state.config.stage(self.name), state.spec
+        data = state.training_data()
+        if data.labels is None:
+            raise UserError("--finetune needs labelled --train data")
+        cls = next((o for o in spec.outputs if o.task == "classification"), None)
+        if cls is None:
+            raise UserError(f"--finetune replaces a classifier, but {spec.name} has no classification output")
+        old = cls.shape[1]
+        mapping, names = class_map(data, c.num_classes, spec)
+        data = replace(data, labels=np.array([mapping[int(v)] for v in data.labels], np.int64))
+        state._train = data  # the later stages (pruning, distillation, QAT) train on the new classes
+        state.check = replace(state.check, samples=_remap_eval(state.check.samples, mapping, state.config.eval))
+        example = state.ctx.example_tensors()
+        before = measure(state.model, example)
+        model = copy.deepcopy(state.model).eval()
+        head = replace_classifier(model, old, len(names))
+        rng = np.random.default_rng(0)
+        train, val = training.split(data, HOLDOUT, rng)
+        t0 = time.perf_counter()
+        log.info("finetune: %d classes from %s; head first (%s)", len(names), data.source, head)
+        head_fit = fit_head(model, head, train, val)
+        log.info("finetune: the head alone: %s top-1 %.2f%% (epoch %d of %d)", head_fit["on"],
+                 100 * head_fit["held_out_top1"], head_fit["kept_epoch"], HEAD_EPOCHS)
+        epochs = DEFAULT_EPOCHS if c.finetune_epochs is None else float(c.finetune_epochs)
+        steps = int(round(epochs * len(train) / BATCH_SIZE))
+        whole = None
+        if steps:
+            log.info("finetune: the whole network, %d steps of %d", steps, BATCH_SIZE)
+            r = training.distill(model, None, train, val, steps=steps, check_every=max(1, steps // 4), lr=LR,
+                                 batch_size=BATCH_SIZE, rng=rng, tasks=[o.task for o in spec.outputs],
+                                 label="finetune")
+            if r.best is not None:
+                model.load_state_dict(r.best[1])
+            whole = {"steps": steps, "epochs": round(steps * BATCH_SIZE / len(train), 2), "lr": LR,
+                     "batch_size": BATCH_SIZE, "first_loss": round(r.losses[0], 4), "last_loss": round(r.losses[-1], 4),
+                     "held_out_loss": r.checks, "kept_step": r.best[0] if r.best else steps}
+        state.set_network(model, self.name, spec.with_classes(names))
+        return {"classes": names, "class_map": {str(k): v for k, v in mapping.items()}, "replaced": head,
+                "train_samples": len(train), "held_out_samples": len(val) if val is not None else 0,
+                "head": head_fit, "whole_network": whole, "seconds": round(time.perf_counter() - t0, 1),
+                "before": before, "after": measure(model, example),
+                "recipe": {"head": f"AdamW lr {HEAD_LR:g}, weight decay {HEAD_WEIGHT_DECAY:g}, {HEAD_EPOCHS} epochs on "
+                                   "cached features", "whole_network": "SGD momentum 0.9, cosine decay, random crop "
+                                   "80-100% and flip, batch norm frozen", "holdout": HOLDOUT}}
+
+
+def class_map(data, num_classes: int | None, spec) -> tuple[dict[int, int], list[str]]:
+    """(--train's class index -> the new classifier's index, the class names in new index order)."""
+    labels = sorted(set(int(v) for v in data.labels))
+    if len(labels) < 2:
+        raise UserError(f"--train {data.source} holds one class ({labels[0]}); a classifier needs at least two")
+    if data.classes is not None:  # an ImageFolder tree: its folders are the classes
+        if num_classes is not None and num_classes != len(data.classes):
+            raise UserError(f"--num-classes {num_classes}, but --train {data.source} has {len(data.classes)} class "
+                            "folders; pass the matching number or leave --num-classes out")
+        return {i: i for i in range(len(data.classes))}, list(data.classes)
+    if num_classes is not None and labels[-1] < num_classes:  # indices are the classes themselves
+        return {i: i for i in range(num_classes)}, [str(i) for i in range(num_classes)]
+    if num_classes is not None and len(labels) != num_classes:
+        raise UserError(f"--num-classes {num_classes}, but --train {data.source} has {len(labels)} distinct class "
+                        f"indices up to {labels[-1]}; pass --num-classes {len(labels)} or leave it out")
+    original = spec.labels() if spec.labels else None
+    names = [original[v] if original and v < len(original) else str(v) for v in labels]
+    return {v: i for i, v in enumerate(labels)}, names
+
+
+def _remap_eval(samples, mapping: dict[int, int], eval_path):
+    """--eval's labels in the new classes (an index --train does not have is an error)."""
+    if samples.labels is None:
+        return samples
+    missing = sorted(set(int(v) for v in samples.labels) - set(mapping))
+    if missing:
+        raise UserError(f"--eval {eval_path} has class index {missing[0]}, which --train does not have; "
+                        "--eval must hold the classes the model is fine-tuned to")
+    return replace(samples, labels=np.array([mapping[int(v)] for v in samples.labels], np.int64))
+
+
+def fit_head(model, head: str, train, val) -> dict:
+    """Train the classifier `head` of `model` alone, on the backbone's cached features."""
+    import torch
+    import torch.nn.functional as F
+
+    layer = model.get_submodule(head)
+    f_train, f_val = _features(model, layer, train), _features(model, layer, val) if val is not None else None
+    y_train = torch.from_numpy(train.labels)
+    y_val = torch.from_numpy(val.labels) if val is not None else None
+    opt = torch.optim.AdamW(layer.parameters(), lr=HEAD_LR, weight_decay=HEAD_WEIGHT_DECAY)
+    g = torch.Generator().manual_seed(0)
+    best, history = None, []
+    for epoch in range(HEAD_EPOCHS):
+        for idx in torch.randperm(len(f_train), generator=g).split(HEAD_BATCH):
+            loss = F.cross_entropy(layer(f_train[idx]), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            f, y = (f_val, y_val) if f_val is not None else (f_train, y_train)
+            logits = layer(f)
+            held = (F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item())
+        history.append(held)
+        if best is None or held[0] < best[1][0]:
+            best = (epoch + 1, held, copy.deepcopy(layer.state_dict()))
+    layer.load_state_dict(best[2])
+    return {"epochs": HEAD_EPOCHS, "kept_epoch": best[0], "held_out_loss": round(best[1][0], 4),
+            "held_out_top1": round(best[1][1], 4), "on": "held-out" if f_val is not None else "training samples"}
+
+
+def _features(model, layer, data, batch: int = 64):
+    """The inputs of `layer` over `data` (centre view, eval mode)."""
+    import torch
+
+    from edge.progress import bar
+
+    got = []
+    hook = layer.register_forward_pre_hook(lambda m, args: got.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            for i in bar(range(0, len(data), batch), "finetune features", total=-(-len(data) // batch), unit="batch"):
+                model(*data.batch(np.arange(i, min(i + batch, len(data)))))
+    finally:
+        hook.remove()
+    return torch.cat(got)
+
+
+register_stage(Finetune())

@@ -1,0 +1,148 @@
+"""prune: structured pruning (`--prune R`: a fraction of each layer's channels, or `--prune-macs M`:
+a MACs target), gradually: `--prune-steps` equal steps, each followed but the last by a short
+recovery that distils from the unpruned network (labels too when --train has them). The
+distill stage that follows is the final recovery. The pruner and its choices: edge/pruning.py."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.config import positive_int
+from edge.errors import UserError
+from edge.stages.base import BuildState, Stage, StageConfig, register_stage
+
+log = logging.getLogger("edge")
+
+DEFAULT_STEPS = 3
+RECOVER_EPOCHS = 0.2  # of the training samples, after each pruning step but the last
+LR = 5e-3
+BATCH_SIZE = 32
+HOLDOUT = 0.1
+
+
+def parse_macs(value) -> tuple[str, float]:
+    """("fraction", f) for 0 < f < 1 (of the model's MACs), ("macs", n) for a count: 230M, 0.23G, 230000000."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        v = float(value)
+        text = str(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kKmMgG]?)", text)
+        if not m:
+            raise UserError(f"--prune-macs {value!r}: give a fraction of the model's MACs (0.6) or a count (230M, "
+                            "0.23G)")
+        v = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    else:
+        raise UserError(f"--prune-macs {value!r}: give a fraction of the model's MACs (0.6) or a count (230M)")
+    if not math.isfinite(v) or v <= 0:
+        raise UserError(f"--prune-macs {text}: must be above 0")
+    if v < 1:
+        return "fraction", v
+    if v < 1000:
+        raise UserError(f"--prune-macs {text}: a fraction must be below 1, a MACs count at least 1000 (230M)")
+    return "macs", v
+
+
+@dataclass(frozen=True)
+class PruneConfig(StageConfig):
+    prune: float | None = None  # fraction of each layer's channels to remove
+    prune_macs: str | float | None = None  # MACs target: a fraction of the model's or a count
+    prune_steps: int | None = None  # gradual: this many equal steps (default 3)
+    uses_train = True
+
+    def enabled(self) -> bool:
+        return self.prune is not None or self.prune_macs is not None
+
+    def validate(self, build) -> None:
+        if not self.enabled():
+            if self.prune_steps is not None:
+                raise UserError("--prune-steps applies to pruning; add --prune R or --prune-macs M")
+            return
+        if self.prune is not None and self.prune_macs is not None:
+            raise UserError("give --prune (a fraction of channels) or --prune-macs (a MACs target), not both")
+        if self.prune is not None:
+            p = self.prune
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+                raise UserError(f"--prune {p!r}: the fraction of channels to remove must be between 0 and 1 "
+                                "(0.3 removes 30%)")
+        else:
+            parse_macs(self.prune_macs)
+        positive_int(self.prune_steps, "--prune-steps")
+
+
+class Prune(Stage):
+    name = "prune"
+    scope = "model"
+    order = 30
+    Config = PruneConfig
+
+    def add_arguments(self, parser) -> None:
+        g = parser.add_argument_group("structured pruning and distillation (torch-pruning)")
+        g.add_argument("--prune", type=float, metavar="R", help="remove this fraction of each layer's channels (0-1)")
+        g.add_argument("--prune-macs", metavar="M",
+                       help="prune until the network has at most M MACs: a fraction of its own (0.6) or a count "
+                            "(230M)")
+        g.add_argument("--prune-steps", type=int, help=f"prune gradually in this many steps (default {DEFAULT_STEPS}), "
+                                                       "recovering by distillation in between")
+
+    def run(self, state: BuildState, artifact=None) -> dict:
+        from edge import pruning, training
+        from edge.network import measure
+
+        c, spec = state.config.stage(self.name), state.spec
+        example = state.ctx.example_tensors()
+        cls = next((o for o in spec.outputs if o.task == "classification"), None)
+        classes = cls.shape[1] if cls is not None else None
+        before = measure(state.model, example)
+        t0 = time.perf_counter()
+        if c.prune is not None:
+            ratio, target = float(c.prune), None
+        else:
+            kind, v = parse_macs(c.prune_macs)
+            target = int(v * before["macs"]) if kind == "fraction" else int(v)
+            log.info("prune: finding the ratio for at most %.1f M MACs (the network has %.1f M)", target / 1e6,
+                     before["macs"] / 1e6)
+            ratio = pruning.ratio_for_macs(state.model, example, target, classes)
+        steps = c.prune_steps or DEFAULT_STEPS
+        teacher = state.model
+        student = copy.deepcopy(teacher).eval()
+        pruner = pruning.make_pruner(student, example, ratio, steps, classes)
+        data = state.training_data()
+        rng = np.random.default_rng(0)
+        train, val = training.split(data, HOLDOUT, rng)
+        tasks = [o.task for o in spec.outputs]
+        history = []
+        for i in range(steps):
+            pruner.step()
+            after = measure(student, example)
+            log.info("prune: step %d/%d: %.1f M MACs (%.0f%%), %.2f M parameters", i + 1, steps, after["macs"] / 1e6,
+                     100 * after["macs"] / before["macs"], after["params"] / 1e6)
+            entry = {"step": i + 1, **after}
+            if i + 1 < steps:
+                n = max(1, int(round(RECOVER_EPOCHS * len(train) / BATCH_SIZE)))
+                r = training.distill(student, teacher, train, val, steps=n, check_every=n, lr=LR, batch_size=BATCH_SIZE,
+                                     rng=rng, tasks=tasks, label=f"prune {i + 1}/{steps}: recover")
+                entry["recovery"] = {"steps": n, "held_out_loss": r.checks}
+            history.append(entry)
+        if after["macs"] >= before["macs"]:
+            raise UserError(f"--prune {ratio:g} removed no channel: with channel counts in multiples of "
+                            f"{pruning.ROUND_TO}, every layer would fall to 0 and is left whole; give a smaller ratio")
+        if target is not None and after["macs"] > target:
+            raise UserError(f"pruning reached {after['macs'] / 1e6:.1f} M MACs, above --prune-macs "
+                            f"{target / 1e6:.1f} M; give a lower target")
+        state.teacher = teacher
+        state.set_network(student.eval(), self.name)
+        return {"ratio": ratio, "macs_target": target, "steps": history, "importance": "group L2 magnitude",
+                "round_to": pruning.ROUND_TO, "kept_whole": "first convolution, classifier",
+                "recovery": {"epochs_per_step": RECOVER_EPOCHS, "lr": LR, "batch_size": BATCH_SIZE,
+                             "data": data.source},
+                "seconds": round(time.perf_counter() - t0, 1), "before": before, "after": after}
+
+
+register_stage(Prune())

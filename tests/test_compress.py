@@ -1,0 +1,191 @@
+"""Fine-tuning to your own classes, structured pruning and distillation, as stages of one build, on
+the digits CNN (trained here in seconds on scikit-learn's digits, so accuracy is real):
+
+- fine-tuning to five of the classes replaces the classifier, maps --train's and --eval's labels,
+  carries the class names in labels.txt and the TFLite metadata, and every target passes parity;
+- pruning removes the channels its record says (read back from the saved reference), keeps the
+  stem and the classifier whole, meets a MACs target, and exports to every target with parity;
+- distillation lowers the divergence from the unpruned network;
+- `edge verify --eval` and `edge explain` rebuild the changed network from the saved reference,
+  and a tampered reference fails;
+- bad input: one line and exit 2.
+The Lite0-on-imagenette figures are benchmarks/compress_lite0.py's."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edge
+from edge import network, pruning
+from edge.errors import ParityError
+from edge.models import MODELS
+from edge.targets import TARGETS
+
+from test_errors import fail
+
+
+def _stage(m: dict, name: str) -> dict:
+    return next(s for s in m["stages"] if s["stage"] == name)
+
+
+def _saved(folder: Path):
+    spec = MODELS.get("digits_cnn")
+    return network.load_reference(spec.build(), folder / network.REFERENCE_FILE)
+
+
+def test_finetune_to_five_classes_every_target(digits, tmp_path):
+    ms = edge.build("digits_cnn", "all", precision="int8", weights=digits["weights"], train=digits["train5"],
+                    eval=digits["eval5"], calib=digits["calib"], finetune=True, finetune_epochs=2, out=str(tmp_path))
+    assert sorted(m["target"] for m in ms) == sorted(t.name for t in TARGETS if "int8" in t.precisions)
+    for m in ms:
+        ft = _stage(m, "finetune")
+        assert ft["classes"] == ["5", "6", "7", "8", "9"] and ft["class_map"] == {str(d): d - 5 for d in range(5, 10)}
+        assert ft["replaced"] == "fc" and ft["after"]["params"] < ft["before"]["params"]
+        assert m["outputs"][0]["model_shape"] == [1, 5]
+        p = m["parity"]
+        assert p["passed"] and p["reference_top1"] > 90.0 and p["top1_drop_pp"] <= 1.0, p
+        folder = tmp_path / m["target"]
+        assert (folder / "labels.txt").read_text().split() == ["5", "6", "7", "8", "9"]
+        assert m["reference_state"]["made_by"] == ["finetune"]
+    net, classes = _saved(tmp_path / "onnx")
+    assert classes == ["5", "6", "7", "8", "9"] and net.fc.out_features == 5
+    tfl = next(m for m in ms if m["target"] == "tflite")
+    if tfl["target_details"]["metadata"].get("written"):  # image classifiers only; Lite0's: the benchmark
+        from edge.targets.tflite_metadata import read_metadata
+
+        assert read_metadata(tmp_path / "tflite" / tfl["artifact"])["labels"] == ["5", "6", "7", "8", "9"]
+    # verify --eval rebuilds the fine-tuned network from reference.pt and maps the labels as the build did
+    reports = edge.verify(str(tmp_path), eval=digits["eval5"])
+    assert all(r["passed"] for r in reports) and all(r["reference_top1"] > 90.0 for r in reports)
+
+
+def test_prune_removes_the_channels_it_says_and_every_target_exports(digits, tmp_path):
+    before = MODELS.get("digits_cnn").build()
+    before.load_state_dict(torch.load(digits["weights"], weights_only=True))
+    ms = edge.build("digits_cnn", "all", precision="int8", weights=digits["weights"], train=digits["train"],
+                    eval=digits["eval"], calib=digits["calib"], prune=0.5, out=str(tmp_path))
+    assert len(ms) == len([t for t in TARGETS if "int8" in t.precisions])
+    for m in ms:
+        assert m["parity"]["passed"], m["parity"]
+        assert m["reference_state"]["made_by"] == ["prune", "distill"]
+    m = ms[0]
+    pr, di = _stage(m, "prune"), _stage(m, "distill")
+    net, classes = _saved(tmp_path / m["target"])
+    assert classes is None  # not fine-tuned: the registry's labels
+    was, now = pruning.channels(before), pruning.channels(net)
+    assert now["features.0"] == was["features.0"] == 16  # the stem is kept whole
+    assert now["fc"] == was["fc"] == 10  # so is the classifier
+    assert now["features.3"] == was["features.3"] // 2 and now["features.6"] == was["features.6"] // 2
+    assert net.fc.in_features == now["features.6"]
+    x = (torch.zeros(1, 1, 8, 8),)
+    assert network.measure(net, x) == pr["after"] == di["after"]
+    assert pr["after"]["macs"] < 0.5 * pr["before"]["macs"] and pr["after"]["params"] < pr["before"]["params"]
+    # distillation brought the pruned network closer to the unpruned one
+    kl = di["kl_to_teacher"]
+    assert kl["after"] < kl["before"], kl
+    # accuracy is measured, not assumed: the pruned, distilled network still knows its digits
+    assert m["parity"]["reference_top1"] > 80.0, m["parity"]
+    reports = edge.verify(str(tmp_path), eval=digits["eval"])
+    assert all(r["passed"] for r in reports)
+    from edge.explaining import explain
+
+    [r] = explain(str(tmp_path / "onnx"), samples=4)
+    assert r["layers"] and r["output_sqnr_db"] > 10.0
+    # a reference that is not the one the build saved fails verify
+    ref = tmp_path / "onnx" / network.REFERENCE_FILE
+    ref.write_bytes(ref.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ParityError, match="reference.pt"):
+        edge.verify(str(tmp_path / "onnx"), eval=digits["eval"])
+
+
+def test_prune_macs_meets_the_target_gradually(digits, tmp_path):
+    m = edge.build("digits_cnn", "onnx", weights=digits["weights"], train=digits["train"], eval=digits["eval"],
+                   prune_macs="0.5", prune_steps=2, distill_epochs=1, out=str(tmp_path))
+    pr = _stage(m, "prune")
+    assert pr["after"]["macs"] <= 0.5 * pr["before"]["macs"] and pr["macs_target"] == int(0.5 * pr["before"]["macs"])
+    assert [s["step"] for s in pr["steps"]] == [1, 2]
+    assert pr["steps"][0]["macs"] >= pr["steps"][1]["macs"]  # gradual (a network this small is at 16 channels at once)
+    assert "recovery" in pr["steps"][0] and "recovery" not in pr["steps"][1]  # the last one's is distill's
+    assert m["parity"]["passed"]
+
+
+def test_distill_on_unlabelled_samples(digits, tmp_path):
+    """No --train: the pruned network distils on the --calib samples, labels optional."""
+    m = edge.build("digits_cnn", "onnx", weights=digits["weights"], calib=digits["calib"],
+                   eval=digits["eval"], prune=0.25, prune_steps=1, out=str(tmp_path))
+    di = _stage(m, "distill")
+    assert di["labelled"] is False and di["kl_to_teacher"]["after"] < di["kl_to_teacher"]["before"]
+
+
+def test_parse_macs():
+    from edge.errors import UserError
+    from edge.stages.prune import parse_macs
+
+    assert parse_macs("0.6") == ("fraction", 0.6) and parse_macs(0.6) == ("fraction", 0.6)
+    assert parse_macs("230M") == ("macs", 230e6) and parse_macs("0.23G") == ("macs", 0.23e9)
+    assert parse_macs("230000000") == ("macs", 230e6)
+    for bad in ("-1", "0", "lots", "5", "nan", True):
+        with pytest.raises(UserError):
+            parse_macs(bad)
+
+
+def _one_class(tmp_path, digits) -> str:
+    d = np.load(digits["train"])
+    keep = d["labels"] == 3
+    path = tmp_path / "one.npz"
+    np.savez(path, pixels=d["pixels"][keep], labels=d["labels"][keep])
+    return str(path)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--prune", "1.5"], ("--prune", "between 0 and 1")),
+    (["--prune", "0"], ("--prune", "between 0 and 1")),
+    (["--prune-macs", "50M"], ("--prune-macs", "already")),
+    (["--prune", "0.3", "--prune-macs", "0.5"], ("not both",)),
+    (["--prune", "0.8", "--prune-steps", "1"], ("--prune 0.8", "removed no channel")),
+    (["--prune-macs", "0.2"], ("--prune-macs", "cannot be reached", "least is 0.0831 M")),
+    (["--distill-epochs", "2"], ("--distill-epochs", "--prune")),
+    (["--prune-steps", "2"], ("--prune-steps", "--prune")),
+    (["--finetune"], ("--finetune", "--train")),
+    (["--finetune-epochs", "1"], ("--finetune-epochs", "--finetune")),
+    (["--num-classes", "1", "--train", "TRAIN"], ("--num-classes", "at least 2")),
+    (["--finetune", "--train", "ONE"], ("one class", "at least two")),
+    (["--finetune", "--num-classes", "3", "--train", "TRAIN5"], ("--num-classes 3", "5 distinct")),
+    (["--finetune", "--train", "TRAIN5", "--eval", "EVAL"], ("--eval", "class index 0", "fine-tuned to")),
+])
+def test_bad_compression_input(args, words, digits, tmp_path, capsys):
+    swap = {"TRAIN": digits["train"], "TRAIN5": digits["train5"], "EVAL": digits["eval"],
+            "ONE": _one_class(tmp_path, digits)}
+    out = tmp_path / "out"
+    argv = ["build", "--model", "digits_cnn", "--weights", digits["weights"], "--target", "onnx",
+            "--calib", digits["calib"], "--out", str(out), *[swap.get(a, a) for a in args]]
+    fail(argv, capsys, 2, *words)
+    assert not any(out.glob("*/manifest.json"))
+
+
+def test_class_map_of_an_image_folder_tree():
+    """An ImageFolder tree's folders are its classes, by name; --num-classes must agree."""
+    from edge.errors import UserError
+    from edge.stages.finetune import class_map
+    from edge.training import TrainSet
+
+    spec = MODELS.get("efficientnet_lite0")
+    tree = TrainSet({"input": np.zeros((3, 1))}, np.array([0, 1, 2]), "tree", None, ("cat", "dog", "owl"))
+    assert class_map(tree, None, spec) == ({0: 0, 1: 1, 2: 2}, ["cat", "dog", "owl"])
+    with pytest.raises(UserError, match="--num-classes 4, but --train tree has 3 class folders"):
+        class_map(tree, 4, spec)
+    sparse = TrainSet({"input": np.zeros((3, 1))}, np.array([0, 217, 0]), "csv", None)  # ImageNet indices
+    assert class_map(sparse, None, spec) == ({0: 0, 217: 1}, ["tench", "English springer"])
+    assert class_map(sparse, 300, spec)[0] == {i: i for i in range(300)}  # indices below N are the classes
+
+
+def test_target_given_twice_builds_both(digits, tmp_path):
+    """`--target onnx --target tflite` and `--target onnx,tflite` build both (it used to keep the last)."""
+    from edge.cli import _targets
+
+    assert _targets(["onnx", "tflite"]) == ("onnx", "tflite") == _targets(["onnx,tflite"])
+    assert _targets(None) == ("tflite",) and _targets(["onnx", "onnx"]) == ("onnx",)
