@@ -202,6 +202,47 @@ def _eval_mode(model: nn.Module):
         restore(saved)
 
 
+@contextmanager
+def batch_statistics(model: nn.Module, momentum: float = 0.1):
+    """Batch norm in train mode (normalising by batch statistics, running statistics following at
+    `momentum`), every other module as it is; restored after. For training a network whose
+    statistics have changed (a pruned one); held-out checks still run in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.training, m.momentum) for m in bns]
+    for m in bns:
+        m.train()
+        m.momentum = momentum
+    try:
+        yield model
+    finally:
+        for m, was, mom in saved:
+            m.training, m.momentum = was, mom
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, data: TrainSet, batch_size: int = 32, samples: int = 1024) -> int:
+    """Every batch norm's running statistics recomputed on up to `samples` training samples (centre
+    view, a plain average over the batches); returns how many samples were used."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    n = min(samples, len(data))
+    saved = modes(model)
+    momenta = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for i in range(0, n, batch_size):
+            model(*data.batch(np.arange(i, min(i + batch_size, n))))
+    finally:
+        restore(saved)
+        for m, mom in momenta:
+            m.momentum = mom
+    return n
+
+
 def batches(n: int, batch_size: int, steps: int, rng):
     """Indices of `steps` batches, epoch after epoch, each epoch a fresh permutation."""
     done = 0

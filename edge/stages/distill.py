@@ -17,7 +17,7 @@ from edge.stages.base import BuildState, Stage, StageConfig, register_stage
 log = logging.getLogger("edge")
 
 DEFAULT_EPOCHS = 1.0
-LR = 1e-3  # SGD with momentum, batches of 32: fine-tuning's usual 0.01 per 256 (5e-3 wrecked a fine-tune)
+LR = 5e-3  # with batch statistics, as pruning's recovery (edge/stages/prune.py)
 BATCH_SIZE = 32
 HOLDOUT = 0.1
 
@@ -59,8 +59,8 @@ class Distill(Stage):
         epochs = DEFAULT_EPOCHS if c.distill_epochs is None else float(c.distill_epochs)
         student, teacher = state.model, state.teacher
         data = state.training_data()
+        train, val = training.split(data, HOLDOUT, np.random.default_rng(0))  # the held-out tenth pruning kept out
         rng = np.random.default_rng(1)
-        train, val = training.split(data, HOLDOUT, rng)
         tasks = [o.task for o in state.spec.outputs]
         steps = max(1, int(round(epochs * len(train) / BATCH_SIZE)))
         kl_val = val if val is not None else train
@@ -68,10 +68,12 @@ class Distill(Stage):
         kl_before = training.held_out_loss(student, teacher, unlabelled, BATCH_SIZE, tasks)
         log.info("distill: %d steps of %d from the unpruned network on %s", steps, BATCH_SIZE, data.source)
         t0 = time.perf_counter()
-        r = training.distill(student, teacher, train, val, steps=steps, check_every=max(1, steps // 4), lr=LR,
-                             batch_size=BATCH_SIZE, rng=rng, tasks=tasks, label="distill")
+        with training.batch_statistics(student):
+            r = training.distill(student, teacher, train, val, steps=steps, check_every=max(1, steps // 4), lr=LR,
+                                 batch_size=BATCH_SIZE, rng=rng, tasks=tasks, label="distill")
         if r.best is not None:
             student.load_state_dict(r.best[1])
+        training.reestimate_bn(student, train)
         kl_after = training.held_out_loss(student, teacher, unlabelled, BATCH_SIZE, tasks)
         if kl_after > kl_before:
             log.warning("distill: the held-out divergence from the unpruned network rose (%.4g -> %.4g)", kl_before,
@@ -82,6 +84,7 @@ class Distill(Stage):
                 "data": data.source, "labelled": data.labels is not None,
                 "held_out_samples": len(val) if val is not None else 0,
                 "held_out_loss": r.checks, "kept_step": r.best[0] if r.best else steps,
+                "batch_norm": "batch statistics in training; running statistics re-estimated on 1,024 samples after",
                 "kl_to_teacher": {"before": kl_before, "after": kl_after, "on": "held-out" if val is not None
                                   else "training samples"},
                 "seconds": round(time.perf_counter() - t0, 1), "after": measure(student, example)}
