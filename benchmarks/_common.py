@@ -50,6 +50,26 @@ def paired_times(a, b) -> dict:
             "wilcoxon_p": float(wilcoxon(a, b).pvalue)}
 
 
+def interleaved_times(calls: dict, runs: int, warmup: int) -> tuple[dict, dict]:
+    """Time every callable `runs` times in one process, interleaved run by run (the order
+    alternating), after `warmup` calls each: (name -> seconds per run, name -> p50 ms)."""
+    import time
+
+    import numpy as np
+
+    names = list(calls)
+    for n in names:
+        for _ in range(warmup):
+            calls[n]()
+    times = {n: np.zeros(runs) for n in names}
+    for i in range(runs):
+        for n in (names if i % 2 == 0 else names[::-1]):
+            s = time.perf_counter()
+            calls[n]()
+            times[n][i] = time.perf_counter() - s
+    return times, {n: round(1e3 * float(np.median(times[n])), 3) for n in names}
+
+
 def save(name: str, data: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")

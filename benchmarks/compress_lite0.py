@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import SHARED, environment, paired_times, save  # noqa: E402
+from _common import SHARED, environment, interleaved_times, paired_times, save  # noqa: E402
 from lite0_imagenette import calibration_dir  # noqa: E402
 
 IMAGENETTE = SHARED / "imagenette"
@@ -146,17 +146,7 @@ def main() -> None:
     arts = {f"{c} {t}": a.work / c / t / json.loads((a.work / c / t / "manifest.json").read_text())["artifact"]
             for c in a.configs for t in ("tflite", "onnx")}
     names = list(arts)
-    run = {n: runner(arts[n]) for n in names}
-    for n in names:
-        for _ in range(WARMUP):
-            run[n]()
-    times = {n: np.zeros(a.runs) for n in names}
-    for i in range(a.runs):
-        for n in (names if i % 2 == 0 else names[::-1]):
-            s = time.perf_counter()
-            run[n]()
-            times[n][i] = time.perf_counter() - s
-    p50 = {n: round(1e3 * float(np.median(times[n])), 3) for n in names}
+    times, p50 = interleaved_times({n: runner(arts[n]) for n in names}, a.runs, WARMUP)
     speed = {f"{c} vs {base}: {t}": paired_times(times[f"{base} {t}"], times[f"{c} {t}"])
              for c in a.configs[1:] for t in ("tflite", "onnx")}
     env = environment(threads=1)

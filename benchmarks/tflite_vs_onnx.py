@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import environment, paired_times, save  # noqa: E402
+from _common import environment, interleaved_times, paired_times, save  # noqa: E402
 
 MODELS = ("mobilenetv2", "resnet18", "efficientnet_lite0")
 OPEN_BUDGET = {"max_abs": 1e9, "min_cosine": 0.0, "min_top1_agreement": 0.0, "min_top5_overlap": 0.0,
@@ -98,8 +98,6 @@ def delegation(path: Path) -> dict | None:
 
 
 def main() -> None:
-    import numpy as np
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "sweeps" / "tflite-vs-onnx")
@@ -110,17 +108,7 @@ def main() -> None:
     if a.build_only:
         return
     names = list(arts)
-    run = {n: runner(arts[n]) for n in names}
-    for n in names:
-        for _ in range(WARMUP):
-            run[n]()
-    times = {n: np.zeros(a.runs) for n in names}
-    for i in range(a.runs):
-        for n in (names if i % 2 == 0 else names[::-1]):
-            s = time.perf_counter()
-            run[n]()
-            times[n][i] = time.perf_counter() - s
-    p50 = {n: round(1e3 * float(np.median(times[n])), 3) for n in names}
+    times, p50 = interleaved_times({n: runner(arts[n]) for n in names}, a.runs, WARMUP)
     tests = {}
     for model in MODELS:
         for precision in ("fp32", "int8"):

@@ -145,3 +145,9 @@ def positive_int(v, flag: str) -> None:
 def positive_float(v, flag: str) -> None:
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
         raise UserError(f"{flag} must be a positive number, not {v!r}")
+
+
+def epochs_value(v, flag: str) -> None:
+    """A number of passes over the training samples: 0 (none) to 1000, fractions allowed."""
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1000):
+        raise UserError(f"{flag} must be a number from 0 to 1000, not {v!r}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.config import epochs_value
 from edge.errors import UserError
 from edge.stages.base import BuildState, Stage, StageConfig, register_stage
 
@@ -27,13 +28,11 @@ class DistillConfig(StageConfig):
     distill_epochs: float | None = None  # None: DEFAULT_EPOCHS after pruning; 0: none
 
     def validate(self, build) -> None:
-        e = self.distill_epochs
-        if e is None:
+        if self.distill_epochs is None:
             return
         if not build.stage("prune").enabled():
             raise UserError("--distill-epochs applies after pruning; add --prune R or --prune-macs M")
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1000:
-            raise UserError(f"--distill-epochs must be a number from 0 to 1000, not {e!r}")
+        epochs_value(self.distill_epochs, "--distill-epochs")
 
 
 class Distill(Stage):

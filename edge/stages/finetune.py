@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge.config import positive_int
+from edge.config import epochs_value, positive_int
 from edge.errors import UserError
 from edge.stages.base import BuildState, Stage, StageConfig, register_stage
 
@@ -64,9 +64,7 @@ class FinetuneConfig(StageConfig):
         positive_int(self.num_classes, "--num-classes")
         if self.num_classes is not None and self.num_classes < 2:
             raise UserError(f"--num-classes {self.num_classes}: a classifier needs at least 2 classes")
-        e = self.finetune_epochs
-        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1000):
-            raise UserError(f"--finetune-epochs must be a number from 0 to 1000, not {e!r}")
+        epochs_value(self.finetune_epochs, "--finetune-epochs")
 
 
 class Finetune(Stage):
