@@ -21,44 +21,73 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from edge.errors import UserError
 from edge.network import find_classifier, measure
 
 ROUND_TO = 16
 MAX_RATIO = 0.9  # per layer; beyond this whole stages are all but gone
+KEEP_RESIDUAL = False
+RIDGE = 1e-4  # least-squares re-fit: relative to the mean input energy
 
 
-def _ignored(model: nn.Module, classes: int | None) -> list[nn.Module]:
-    convs = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
-    keep = convs[:1]
-    if classes:
-        keep.append(find_classifier(model, classes)[1])
-    return keep
-
-
-def make_pruner(model: nn.Module, example: tuple[torch.Tensor, ...], ratio: float, steps: int, classes: int | None,
-                round_to: int = ROUND_TO):
-    """A torch-pruning MetaPruner that removes `ratio` of each layer's channels over `steps` steps."""
+def _tp():
     try:
         import torch_pruning as tp
     except ImportError:
         raise UserError("--prune needs torch-pruning: pip install -e '.[compress]' (or make setup)") from None
+    return tp
 
+
+def _dense(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or (isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == 1)
+
+
+def residual_streams(model: nn.Module, example) -> list[nn.Module]:
+    """One layer of every residual stream: a channel group whose channels two or more dense layers
+    write (their outputs are summed, as at a skip connection). Ignoring that layer keeps the
+    whole stream whole, since torch-pruning skips any group that contains an ignored layer."""
+    tp = _tp()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    found = []
+    for group in dg.get_all_groups():
+        writers = {dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler)
+                   and _dense(dep.target.module)}
+        if len(writers) > 1:
+            found.append(next(iter(writers)))
+    return found
+
+
+def _ignored(model: nn.Module, example, classes: int | None, keep_residual: bool) -> list[nn.Module]:
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    keep = convs[:1]
+    if classes:
+        keep.append(find_classifier(model, classes)[1])
+    if keep_residual:
+        keep += residual_streams(model, example)
+    return keep
+
+
+def make_pruner(model: nn.Module, example: tuple[torch.Tensor, ...], ratio: float, steps: int, classes: int | None,
+                round_to: int = ROUND_TO, keep_residual: bool = KEEP_RESIDUAL):
+    """A torch-pruning MetaPruner that removes `ratio` of each layer's channels over `steps` steps."""
+    tp = _tp()
     return tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                pruning_ratio=ratio, iterative_steps=steps, ignored_layers=_ignored(model, classes),
-                                round_to=round_to)
+                                pruning_ratio=ratio, iterative_steps=steps,
+                                ignored_layers=_ignored(model, example, classes, keep_residual), round_to=round_to)
 
 
-def macs_at(model: nn.Module, example, ratio: float, classes: int | None, round_to: int = ROUND_TO) -> int:
+def macs_at(model: nn.Module, example, ratio: float, classes: int | None, round_to: int = ROUND_TO,
+            keep_residual: bool = KEEP_RESIDUAL) -> int:
     """MACs of a copy of `model` pruned at `ratio` in one step."""
     m = copy.deepcopy(model)
-    make_pruner(m, example, ratio, 1, classes, round_to).step()
+    make_pruner(m, example, ratio, 1, classes, round_to, keep_residual).step()
     return measure(m, example)["macs"]
 
 
 def ratio_for_macs(model: nn.Module, example, target: int, classes: int | None, round_to: int = ROUND_TO,
-                   grid: float = 0.05, tolerance: float = 0.005) -> float:
+                   grid: float = 0.05, tolerance: float = 0.005, keep_residual: bool = KEEP_RESIDUAL) -> float:
     """The smallest per-layer ratio whose pruned network has at most `target` MACs. MACs do not
     fall monotonically with the ratio (torch-pruning leaves a layer whole when its rounded count
     would be 0), so a grid finds the first ratio that meets the target, then bisection refines it."""
@@ -68,15 +97,15 @@ def ratio_for_macs(model: nn.Module, example, target: int, classes: int | None, 
                         "already; give a smaller target")
     steps = int(round(MAX_RATIO / grid))
     hi = next((r for r in (grid * i for i in range(1, steps + 1))
-               if macs_at(model, example, r, classes, round_to) <= target), None)
+               if macs_at(model, example, r, classes, round_to, keep_residual) <= target), None)
     if hi is None:
-        least = min(macs_at(model, example, grid * i, classes, round_to) for i in range(1, steps + 1))
+        least = min(macs_at(model, example, grid * i, classes, round_to, keep_residual) for i in range(1, steps + 1))
         raise UserError(f"--prune-macs {target / 1e6:.3g} M cannot be reached by pruning channels (with channel counts "
                         f"in multiples of {round_to}, the least is {least / 1e6:.3g} M); give a larger target")
     lo = hi - grid
     while hi - lo > tolerance:
         mid = (lo + hi) / 2
-        if macs_at(model, example, mid, classes, round_to) <= target:
+        if macs_at(model, example, mid, classes, round_to, keep_residual) <= target:
             hi = mid
         else:
             lo = mid
@@ -87,3 +116,101 @@ def channels(model: nn.Module) -> dict[str, int]:
     """Output channels (features) of every convolution and linear layer, by name."""
     return {n: (m.out_channels if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else m.out_features)
             for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))}
+
+
+def _refittable(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+
+
+def _fan_in(m: nn.Module) -> int:
+    return m.in_features if isinstance(m, nn.Linear) else m.in_channels
+
+
+def _fan_out(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+class _Stop(Exception):
+    pass
+
+
+def _rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as rows of the linear map it applies: (samples x positions, fan-in x kernel)."""
+    if isinstance(m, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(m.padding, str):
+        raise ValueError("string padding")
+    cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _targets(m: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The layer's output without its bias, as rows matching `_rows`."""
+    if m.bias is not None:
+        y = y - (m.bias if isinstance(m, nn.Linear) else m.bias.view(1, -1, *([1] * (y.dim() - 2))))
+    if isinstance(m, nn.Linear):
+        return y.reshape(-1, y.shape[-1])
+    return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+
+
+@torch.no_grad()
+def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[tuple[torch.Tensor, ...]],
+                ridge: float = RIDGE) -> list[str]:
+    """Re-fit, by least squares, every layer whose inputs pruning removed but whose outputs it kept
+    (in an inverted residual: the 1x1 projection back to the residual stream; the classifier), so
+    that on `batches` its outputs match the unpruned network's at the same layer (the channel
+    pruning reconstruction of He et al., 2017, and ThiNet). Layer by layer in the order the forward
+    pass reaches them, each from the student's own inputs, so earlier errors are compensated; with
+    the residual streams kept whole, the channels that remain in a block are computed exactly as
+    before, and this is the only place the block differs. Returns the layers re-fitted."""
+    t_mods, s_mods = dict(teacher.named_modules()), dict(student.named_modules())
+    names = [n for n, m in s_mods.items() if _refittable(m) and n in t_mods and type(t_mods[n]) is type(m)
+             and _fan_in(m) < _fan_in(t_mods[n]) and _fan_out(m) == _fan_out(t_mods[n])]
+    if not names:
+        return []
+    order: list[str] = []
+    hooks = [s_mods[n].register_forward_hook(lambda m, i, o, n=n: order.append(n) if n not in order else None)
+             for n in names]
+    try:
+        student.eval()(*batches[0])
+    finally:
+        for h in hooks:
+            h.remove()
+    teacher.eval()
+    targets: dict[str, list[torch.Tensor]] = {n: [] for n in order}  # the teacher's outputs, per batch
+    hooks = [t_mods[n].register_forward_hook(lambda m, i, o, n=n: targets[n].append(_targets(m, o)))
+             for n in order]
+    try:
+        for b in batches:
+            teacher(*b)
+    finally:
+        for h in hooks:
+            h.remove()
+    done = []
+    for n in order:
+        m = s_mods[n]
+        gram, cross, count = None, None, 0
+
+        def grab(mod, inputs, n=n):
+            raise _Stop(inputs[0])
+
+        h = m.register_forward_pre_hook(grab)
+        try:
+            for b, t in zip(batches, targets[n]):
+                try:
+                    student(*b)
+                except _Stop as s:
+                    rows = _rows(m, s.args[0]).double()
+                gram = rows.T @ rows if gram is None else gram + rows.T @ rows
+                cross = rows.T @ t.double() if cross is None else cross + rows.T @ t.double()
+                count += len(rows)
+        except ValueError:
+            continue
+        finally:
+            h.remove()
+        lam = ridge * float(gram.diagonal().mean())
+        w = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), cross)  # (fan-in x k, out)
+        m.weight.copy_(w.T.reshape(m.weight.shape).to(m.weight.dtype))
+        targets.pop(n)
+        done.append(n)
+    return done

@@ -189,3 +189,90 @@ def test_target_given_twice_builds_both(digits, tmp_path):
 
     assert _targets(["onnx", "tflite"]) == ("onnx", "tflite") == _targets(["onnx,tflite"])
     assert _targets(None) == ("tflite",) and _targets(["onnx", "onnx"]) == ("onnx",)
+
+
+class _Inverted(torch.nn.Module):
+    """An inverted residual (1x1 expand, depthwise 3x3, 1x1 project), with a skip when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, expand: int = 4):
+        super().__init__()
+        nn, mid = torch.nn, cin * expand
+        self.expand = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(mid, mid, 3, padding=1, groups=mid, bias=False), nn.BatchNorm2d(mid),
+                                       nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = cin == cout
+
+    def forward(self, x):
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.skip else y
+
+
+def _residual_net() -> torch.nn.Module:
+    nn = torch.nn
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _Inverted(16, 32), _Inverted(32, 32), _Inverted(32, 32),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_residual_streams_kept_whole_or_pruned(keep):
+    """The three blocks writing the 32-channel stream are found as one stream; kept whole, only the
+    channels inside each block go (all of them by half); otherwise the stream shrinks too."""
+    net, x = _residual_net(), (torch.randn(2, 3, 8, 8),)
+    [found] = pruning.residual_streams(net, x)
+    assert found in {net[1].project[0], net[2].project[0], net[3].project[0]}
+    was = pruning.channels(net)
+    pruning.make_pruner(net, x, 0.5, 1, 10, round_to=8, keep_residual=keep).step()
+    now = pruning.channels(net)
+    assert now["0"] == 16 and now["6"] == 10  # stem and classifier
+    for b in ("1", "2", "3"):
+        assert now[f"{b}.expand.0"] == was[f"{b}.expand.0"] // 2 == now[f"{b}.depthwise.0"]
+        assert now[f"{b}.project.0"] == (32 if keep else 16)
+    assert net(*x).shape == (2, 10)
+
+
+def test_batch_norm_statistics_follow_a_pruned_network():
+    """After pruning, the running statistics no longer describe the layer's inputs: reestimate_bn
+    recomputes them as the plain mean and variance over the samples, and batch_statistics trains
+    with batch statistics and puts every module's mode and momentum back after."""
+    from edge.training import TrainSet, batch_statistics, reestimate_bn
+
+    net = _residual_net()
+    bn = net[1].expand[1]
+    x = torch.randn(64, 3, 8, 8) * 3 + 1
+    data = TrainSet({"x": x.numpy()}, None, "random")
+    assert reestimate_bn(net, data, batch_size=16) == 64
+    with torch.no_grad():
+        h = net[1].expand[0](net[0](x))
+    assert torch.allclose(bn.running_mean, h.mean((0, 2, 3)), atol=1e-4)
+    # var: the unbiased variance per batch averaged over the batches (momentum None)
+    var = torch.stack([h[i:i + 16].var((0, 2, 3), unbiased=True) for i in range(0, 64, 16)]).mean(0)
+    assert torch.allclose(bn.running_var, var, rtol=1e-3)
+    assert not net.training and bn.momentum == 0.1
+    with batch_statistics(net, momentum=0.5), torch.no_grad():
+        assert bn.training and bn.momentum == 0.5 and not net[1].expand[0].training
+        out = net[1].expand[1](h[:4])  # normalised by the batch's own statistics
+        assert abs(float(out.mean())) < 1e-4
+    assert not bn.training and bn.momentum == 0.1
+
+
+def test_least_squares_reconstruction_brings_the_pruned_network_back():
+    """With the residual streams kept whole, re-fitting each block's projection (and the
+    classifier) by least squares against the unpruned network cuts the output error."""
+    import copy
+
+    net, x = _residual_net(), torch.randn(64, 3, 8, 8)
+    from edge.training import TrainSet, reestimate_bn
+
+    reestimate_bn(net, TrainSet({"x": x.numpy()}, None, "random"))  # statistics that fit the inputs
+    teacher = copy.deepcopy(net)
+    student = copy.deepcopy(net)
+    pruning.make_pruner(student, (x[:2],), 0.5, 1, 10, round_to=8, keep_residual=True).step()
+    refit = copy.deepcopy(student)
+    done = pruning.reconstruct(refit, teacher, [(x[i:i + 16],) for i in range(0, 64, 16)])
+    assert set(done) == {"1.project.0", "2.project.0", "3.project.0"}  # the classifier's inputs are the stream
+    with torch.no_grad():
+        want = teacher(x)
+        err = [float(((m(x) - want) ** 2).mean() / (want ** 2).mean()) for m in (student, refit)]
+    assert err[1] < 0.5 * err[0], err
