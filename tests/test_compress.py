@@ -79,11 +79,13 @@ def test_prune_removes_the_channels_it_says_and_every_target_exports(digits, tmp
     was, now = pruning.channels(before), pruning.channels(net)
     assert now["features.0"] == was["features.0"] == 16  # the stem is kept whole
     assert now["fc"] == was["fc"] == 10  # so is the classifier
-    assert now["features.3"] == was["features.3"] // 2 and now["features.6"] == was["features.6"] // 2
-    assert net.fc.in_features == now["features.6"]
+    # a chain: the inner channels go; the layer reading them keeps its outputs and is re-fitted
+    assert now["features.3"] == was["features.3"] // 2 and now["features.6"] == was["features.6"]
+    assert net.features[6].in_channels == now["features.3"]
+    assert pr["steps"][-1]["refitted"] == 1 and pr["reconstruction"]["samples"] > 0
     x = (torch.zeros(1, 1, 8, 8),)
     assert network.measure(net, x) == pr["after"] == di["after"]
-    assert pr["after"]["macs"] < 0.5 * pr["before"]["macs"] and pr["after"]["params"] < pr["before"]["params"]
+    assert pr["after"]["macs"] < 0.6 * pr["before"]["macs"] and pr["after"]["params"] < pr["before"]["params"]
     # distillation brought the pruned network closer to the unpruned one
     kl = di["kl_to_teacher"]
     assert kl["after"] < kl["before"], kl
@@ -104,9 +106,9 @@ def test_prune_removes_the_channels_it_says_and_every_target_exports(digits, tmp
 
 def test_prune_macs_meets_the_target_gradually(digits, tmp_path):
     m = edge.build("digits_cnn", "onnx", weights=digits["weights"], train=digits["train"], eval=digits["eval"],
-                   prune_macs="0.5", prune_steps=2, distill_epochs=1, out=str(tmp_path))
+                   prune_macs="0.55", prune_steps=2, distill_epochs=1, out=str(tmp_path))
     pr = _stage(m, "prune")
-    assert pr["after"]["macs"] <= 0.5 * pr["before"]["macs"] and pr["macs_target"] == int(0.5 * pr["before"]["macs"])
+    assert pr["after"]["macs"] <= 0.55 * pr["before"]["macs"] and pr["macs_target"] == int(0.55 * pr["before"]["macs"])
     assert [s["step"] for s in pr["steps"]] == [1, 2]
     assert pr["steps"][0]["macs"] >= pr["steps"][1]["macs"]  # gradual (a network this small is at 16 channels at once)
     assert "recovery" in pr["steps"][0] and "recovery" not in pr["steps"][1]  # the last one's is distill's
@@ -147,7 +149,7 @@ def _one_class(tmp_path, digits) -> str:
     (["--prune-macs", "50M"], ("--prune-macs", "already")),
     (["--prune", "0.3", "--prune-macs", "0.5"], ("not both",)),
     (["--prune", "0.8", "--prune-steps", "1"], ("--prune 0.8", "removed no channel")),
-    (["--prune-macs", "0.2"], ("--prune-macs", "cannot be reached", "least is 0.0831 M")),
+    (["--prune-macs", "0.2"], ("--prune-macs", "cannot be reached", "least is 0.12 M")),
     (["--distill-epochs", "2"], ("--distill-epochs", "--prune")),
     (["--prune-steps", "2"], ("--prune-steps", "--prune")),
     (["--finetune"], ("--finetune", "--train")),

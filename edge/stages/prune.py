@@ -1,7 +1,8 @@
 """prune: structured pruning (`--prune R`: a fraction of each layer's channels, or `--prune-macs M`:
 a MACs target), gradually: `--prune-steps` equal steps, each followed but the last by a short
-recovery that distils from the unpruned network (labels too when --train has them). The
-distill stage that follows is the final recovery. The pruner and its choices: edge/pruning.py."""
+recovery that distils from the unpruned network (labels too when --train has them). After each
+step the layers whose inputs were cut are re-fitted by least squares against the unpruned network
+(edge.pruning.reconstruct). The distill stage that follows is the final recovery. The pruner and its choices: edge/pruning.py."""
 from __future__ import annotations
 
 import copy
@@ -27,6 +28,7 @@ RECOVER_EPOCHS = 0.2  # of the training samples, after each pruning step but the
 LR = 5e-3
 BATCH_SIZE = 32
 HOLDOUT = 0.1
+RECONSTRUCT_SAMPLES = 128  # training samples the least-squares re-fit matches the unpruned network on
 
 
 def parse_macs(value) -> tuple[str, float]:
@@ -121,13 +123,17 @@ class Prune(Stage):
         train, val = training.split(data, HOLDOUT, rng)
         tasks = [o.task for o in spec.outputs]
         history = []
+        n_fit = min(RECONSTRUCT_SAMPLES, len(train))
+        fit = [train.batch(np.arange(i, min(i + 16, n_fit))) for i in range(0, n_fit, 16)]
         for i in range(steps):
             pruner.step()
-            training.reestimate_bn(student, train)  # the channels that fed each batch norm changed
+            refitted = pruning.reconstruct(student, teacher, fit) if pruning.KEEP_RESIDUAL else []
+            if not refitted:
+                training.reestimate_bn(student, train)  # the channels that fed each batch norm changed
             after = measure(student, example)
             log.info("prune: step %d/%d: %.1f M MACs (%.0f%%), %.2f M parameters", i + 1, steps, after["macs"] / 1e6,
                      100 * after["macs"] / before["macs"], after["params"] / 1e6)
-            entry = {"step": i + 1, **after}
+            entry = {"step": i + 1, **after, "refitted": len(refitted)}
             if i + 1 < steps:
                 n = max(1, int(round(RECOVER_EPOCHS * len(train) / BATCH_SIZE)))
                 with training.batch_statistics(student):
@@ -146,7 +152,11 @@ class Prune(Stage):
         state.teacher = teacher
         state.set_network(student.eval(), self.name)
         return {"ratio": ratio, "macs_target": target, "steps": history, "importance": "group L2 magnitude",
-                "round_to": pruning.ROUND_TO, "kept_whole": "first convolution, classifier",
+                "round_to": pruning.ROUND_TO, "kept_whole": "first convolution, classifier" + (", residual streams and block outputs" if pruning.KEEP_RESIDUAL
+                                                              else ""),
+                "reconstruction": {"samples": n_fit, "ridge": pruning.RIDGE, "method": "least squares per layer "
+                                   "whose inputs were pruned, against the unpruned network's outputs"}
+                if pruning.KEEP_RESIDUAL else None,
                 "recovery": {"epochs_per_step": RECOVER_EPOCHS, "lr": LR, "batch_size": BATCH_SIZE,
                              "data": data.source, "batch_norm": "batch statistics in training; running "
                              "statistics re-estimated on 1,024 samples after each step and each recovery"},
