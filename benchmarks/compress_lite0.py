@@ -34,7 +34,8 @@ from lite0_imagenette import calibration_dir  # noqa: E402
 
 IMAGENETTE = SHARED / "imagenette"
 TARGETS = ("tflite", "onnx", "executorch")
-CONFIGS = {"finetuned": [], "pruned-0.60": ["--prune-macs", "0.6"], "pruned-0.45": ["--prune-macs", "0.45"]}
+CONFIGS = {"finetuned": [], "pruned-0.60": ["--prune-macs", "0.6", "--distill-epochs", "2"],
+           "pruned-0.45": ["--prune-macs", "0.45", "--distill-epochs", "2"]}
 WARMUP = 20
 
 

@@ -116,12 +116,13 @@ class Result:
 def distill(student: nn.Module, teacher: nn.Module | None, data: TrainSet, val: TrainSet | None, *, steps: int,
             check_every: int, lr: float, batch_size: int, rng, tasks=("classification",), label: str = "train",
             before_step: Callable[[int], None] | None = None, measuring: Callable | None = None,
-            monitor: Callable | None = None, step0_is_candidate: bool = True) -> Result:
+            monitor: Callable | None = None, step0_is_candidate: bool = True, clip: float | None = None) -> Result:
     """Train `student` (in place) for `steps` batches against `teacher`'s outputs and `data`'s labels
 (teacher None: the labels alone, which `data` must then have).
     before_step(step) runs before each step (a stage's schedule); measuring(student) is the context
     the held-out loss is computed in (default: eval mode, restored after); monitor(step, student) is
-    called at every checkpoint. `rng`: numpy Generator for batches and augmentation."""
+    called at every checkpoint. `rng`: numpy Generator for batches and augmentation. `clip`: the
+    gradients' global norm is clipped to this before each step."""
     from edge.progress import Counter
 
     params = [p for p in student.parameters() if p.requires_grad]
@@ -156,6 +157,8 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: TrainSet, val: 
                                   f"lower --lr (it was {lr:g})")
         opt.zero_grad(set_to_none=True)
         value.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         sched.step()
         r.losses.append(value.item())

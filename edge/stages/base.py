@@ -142,6 +142,7 @@ class BuildState:
     ctx: "ExportContext | None" = None
     qat: Any = None  # edge.quantize.qat.QATResult
     teacher: Any = None  # the network before pruning, which distillation learns from
+    recovery: Any = None  # how the pruned network trains back (edge.pruning.Recovery), set by prune
     reshaped: list[str] = field(default_factory=list)  # stages that changed the network's shape or head
     _train: Any = None  # the training samples, loaded once for every stage that trains
     inputs_record: dict = field(default_factory=dict)  # provenance of model file / weights, for the manifest

@@ -18,7 +18,6 @@ from edge.stages.base import BuildState, Stage, StageConfig, register_stage
 log = logging.getLogger("edge")
 
 DEFAULT_EPOCHS = 1.0
-LR = 5e-3  # with batch statistics, as pruning's recovery (edge/stages/prune.py)
 BATCH_SIZE = 32
 HOLDOUT = 0.1
 
@@ -67,23 +66,27 @@ class Distill(Stage):
         kl_before = training.held_out_loss(student, teacher, unlabelled, BATCH_SIZE, tasks)
         log.info("distill: %d steps of %d from the unpruned network on %s", steps, BATCH_SIZE, data.source)
         t0 = time.perf_counter()
-        with training.batch_statistics(student):
-            r = training.distill(student, teacher, train, val, steps=steps, check_every=max(1, steps // 4), lr=LR,
-                                 batch_size=BATCH_SIZE, rng=rng, tasks=tasks, label="distill")
+        rec = state.recovery
+        with rec.mode(student):
+            r = training.distill(student, teacher, train, val, steps=steps, check_every=max(1, steps // 4), lr=rec.lr,
+                                 batch_size=BATCH_SIZE, rng=rng, tasks=tasks, clip=rec.clip, label="distill")
         if r.best is not None:
             student.load_state_dict(r.best[1])
-        training.reestimate_bn(student, train)
+        if rec.batch_statistics:
+            training.reestimate_bn(student, train)
         kl_after = training.held_out_loss(student, teacher, unlabelled, BATCH_SIZE, tasks)
         if kl_after > kl_before:
             log.warning("distill: the held-out divergence from the unpruned network rose (%.4g -> %.4g)", kl_before,
                         kl_after)
         state.set_network(student.eval(), self.name)
         example = state.ctx.example_tensors()
-        return {"steps": steps, "epochs": round(steps * BATCH_SIZE / len(train), 2), "lr": LR, "batch_size": BATCH_SIZE,
+        return {"steps": steps, "epochs": round(steps * BATCH_SIZE / len(train), 2), "lr": rec.lr,
+                "clip_grad_norm": rec.clip, "batch_size": BATCH_SIZE,
                 "data": data.source, "labelled": data.labels is not None,
                 "held_out_samples": len(val) if val is not None else 0,
                 "held_out_loss": r.checks, "kept_step": r.best[0] if r.best else steps,
-                "batch_norm": "batch statistics in training; running statistics re-estimated on 1,024 samples after",
+                "batch_norm": "batch statistics in training; running statistics re-estimated on 1,024 samples after"
+                if rec.batch_statistics else "running statistics",
                 "kl_to_teacher": {"before": kl_before, "after": kl_after, "on": "held-out" if val is not None
                                   else "training samples"},
                 "seconds": round(time.perf_counter() - t0, 1), "after": measure(student, example)}

@@ -22,10 +22,6 @@ log = logging.getLogger("edge")
 
 DEFAULT_STEPS = 3
 RECOVER_EPOCHS = 0.2  # of the training samples, after each pruning step but the last
-# A pruned network is broken, not nearly right: its recovery trains with batch statistics (its
-# running statistics no longer fit) at 5e-3. Measured on the fine-tuned Lite0 (imagenette): with
-# batch norm frozen and lr 1e-3 the loss stayed at 4.5 (chance is 2.3 + KL) through the recovery.
-LR = 5e-3
 BATCH_SIZE = 32
 HOLDOUT = 0.1
 RECONSTRUCT_SAMPLES = 128  # training samples the least-squares re-fit matches the unpruned network on
@@ -134,13 +130,15 @@ class Prune(Stage):
             log.info("prune: step %d/%d: %.1f M MACs (%.0f%%), %.2f M parameters", i + 1, steps, after["macs"] / 1e6,
                      100 * after["macs"] / before["macs"], after["params"] / 1e6)
             entry = {"step": i + 1, **after, "refitted": len(refitted)}
+            rec = pruning.recovery(bool(refitted))
             if i + 1 < steps:
                 n = max(1, int(round(RECOVER_EPOCHS * len(train) / BATCH_SIZE)))
-                with training.batch_statistics(student):
-                    r = training.distill(student, teacher, train, val, steps=n, check_every=n, lr=LR,
-                                         batch_size=BATCH_SIZE, rng=rng, tasks=tasks,
+                with rec.mode(student):
+                    r = training.distill(student, teacher, train, val, steps=n, check_every=n, lr=rec.lr,
+                                         batch_size=BATCH_SIZE, rng=rng, tasks=tasks, clip=rec.clip,
                                          label=f"prune {i + 1}/{steps}: recover")
-                training.reestimate_bn(student, train)
+                if rec.batch_statistics:
+                    training.reestimate_bn(student, train)
                 entry["recovery"] = {"steps": n, "held_out_loss": r.checks}
             history.append(entry)
         if after["macs"] >= before["macs"]:
@@ -150,6 +148,7 @@ class Prune(Stage):
             raise UserError(f"pruning reached {after['macs'] / 1e6:.1f} M MACs, above --prune-macs "
                             f"{target / 1e6:.1f} M; give a lower target")
         state.teacher = teacher
+        state.recovery = rec
         state.set_network(student.eval(), self.name)
         return {"ratio": ratio, "macs_target": target, "steps": history, "importance": "group L2 magnitude",
                 "round_to": pruning.ROUND_TO, "kept_whole": "first convolution, classifier" + (", residual streams and block outputs" if pruning.KEEP_RESIDUAL
@@ -157,9 +156,11 @@ class Prune(Stage):
                 "reconstruction": {"samples": n_fit, "ridge": pruning.RIDGE, "method": "least squares per layer "
                                    "whose inputs were pruned, against the unpruned network's outputs"}
                 if pruning.KEEP_RESIDUAL else None,
-                "recovery": {"epochs_per_step": RECOVER_EPOCHS, "lr": LR, "batch_size": BATCH_SIZE,
-                             "data": data.source, "batch_norm": "batch statistics in training; running "
-                             "statistics re-estimated on 1,024 samples after each step and each recovery"},
+                "recovery": {"epochs_per_step": RECOVER_EPOCHS, "lr": rec.lr, "clip_grad_norm": rec.clip,
+                             "batch_size": BATCH_SIZE, "data": data.source,
+                             "batch_norm": "batch statistics in training; running statistics re-estimated on "
+                             "1,024 samples after each step and each recovery" if rec.batch_statistics else
+                             "running statistics (kept valid by the re-fit)"},
                 "seconds": round(time.perf_counter() - t0, 1), "before": before, "after": after}
 
 
