@@ -1,8 +1,9 @@
 """prune: structured pruning (`--prune R`: a fraction of each layer's channels, or `--prune-macs M`:
-a MACs target), gradually: `--prune-steps` equal steps, each followed but the last by a short
+a MACs target), in `--prune-steps` equal steps (default 1), each followed but the last by a short
 recovery that distils from the unpruned network (labels too when --train has them). After each
 step the layers whose inputs were cut are re-fitted by least squares against the unpruned network
-(edge.pruning.reconstruct). The distill stage that follows is the final recovery. The pruner and its choices: edge/pruning.py."""
+(edge.pruning.reconstruct). The distill stage that follows is the final recovery. The pruner and
+its choices: edge/pruning.py."""
 from __future__ import annotations
 
 import copy
@@ -58,7 +59,7 @@ def parse_macs(value) -> tuple[str, float]:
 class PruneConfig(StageConfig):
     prune: float | None = None  # fraction of each layer's channels to remove
     prune_macs: str | float | None = None  # MACs target: a fraction of the model's or a count
-    prune_steps: int | None = None  # gradual: this many equal steps (default 3)
+    prune_steps: int | None = None  # gradual: this many equal steps (default DEFAULT_STEPS)
     uses_train = True
 
     def enabled(self) -> bool:
