@@ -84,7 +84,8 @@ def main() -> None:
         ratio = pruning.ratio_for_macs(student, example, int(a.macs * full), 10, keep_residual=keep)
         pruning.make_pruner(student, example, ratio, 1, 10, keep_residual=keep).step()
         if lsq:
-            fit = [train.batch(np.arange(i, i + 16)) for i in range(0, LSQ_SAMPLES, 16)]
+            pick = np.sort(np.random.default_rng(2).permutation(len(train))[:LSQ_SAMPLES])  # not one class
+            fit = [train.batch(pick[i:i + 16]) for i in range(0, LSQ_SAMPLES, 16)]
             row = {"refitted": len(pruning.reconstruct(student, teacher, fit))}
         else:
             training.reestimate_bn(student, train)

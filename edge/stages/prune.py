@@ -124,8 +124,10 @@ class Prune(Stage):
         train, val = training.split(data, HOLDOUT, rng)
         tasks = [o.task for o in spec.outputs]
         history = []
-        n_fit = min(RECONSTRUCT_SAMPLES, len(train))
-        fit = [train.batch(np.arange(i, min(i + 16, n_fit))) for i in range(0, n_fit, 16)]
+        # a random draw: the training samples come in label order, and a re-fit on one class fits that class
+        pick = np.sort(rng.permutation(len(train))[:RECONSTRUCT_SAMPLES])
+        fit = [train.batch(pick[i:i + 16]) for i in range(0, len(pick), 16)]
+        n_fit = len(pick)
         for i in range(steps):
             pruner.step()
             refitted = pruning.reconstruct(student, teacher, fit) if pruning.KEEP_RESIDUAL else []
