@@ -26,10 +26,11 @@ def describe(folder: Path) -> dict:
     m = json.loads((folder / "manifest.json").read_text())
     stages = {s["stage"]: s for s in m["stages"]}
     last = next((stages[s]["after"] for s in ("distill", "prune", "finetune") if s in stages), {})
+    before = (stages.get("prune") or {}).get("before") or {}
     path = folder / m["artifact"]
     return {"folder": str(folder), "artifact": m["artifact"], "target": m["target"], "precision": m["precision"],
             "macs": last.get("macs"), "params": last.get("params"), "size_bytes": path.stat().st_size,
-            "round_to": (stages.get("prune") or {}).get("round_to"), "path": path}
+            "round_to": (stages.get("prune") or {}).get("round_to"), "path": path, "unpruned": before}
 
 
 def main() -> None:
@@ -43,6 +44,9 @@ def main() -> None:
     if len(a.pairs) % 2:
         ap.error("give folders in pairs: unpruned, pruned")
     arts = [describe(f) for f in a.pairs]
+    for u, p in zip(arts[::2], arts[1::2]):  # an unpruned build without stages: its network's figures from the pruned one's record
+        if u["macs"] is None:
+            u["macs"], u["params"] = p["unpruned"].get("macs"), p["unpruned"].get("params")
     names = [f"{i // 2}:{'unpruned' if i % 2 == 0 else 'pruned'} {d['target']}" for i, d in enumerate(arts)]
     times, p50 = interleaved_times({n: runner(d["path"]) for n, d in zip(names, arts)}, a.runs, WARMUP)
     tests = {f"{names[i + 1]} vs {names[i]}": paired_times(times[names[i]], times[names[i + 1]])

@@ -9,7 +9,7 @@ norm (or, with least squares, re-fits on 128 training photos instead), and is sc
 (top-1 and KL divergence to the unpruned network); then it recovers for --steps batches of 32 by
 distillation (labels and the teacher's softmax, batch statistics, lr 5e-3, the prune stage's
 recovery: batch statistics at lr 5e-3 for a network that was not re-fitted, running statistics at lr
-2e-3 with the gradient norm clipped at 1 for one that was; edge.pruning.recovery) and is scored again. imagenette/eval is not used: this chooses a recipe.
+5e-4 with the gradient norm clipped at 1 for one that was; edge.pruning.recovery) and is scored again. imagenette/eval is not used: this chooses a recipe.
 
     python benchmarks/prune_recipe_lite0.py --reference out/ft/onnx [--steps 80] [--recipes NAME ...]
 
@@ -109,17 +109,17 @@ def main() -> None:
     md = ["# Lite0 pruning: which channels (`benchmarks/prune_recipe_lite0.py`)", "",
           f"Fine-tuned 10-class Lite0 ({a.reference}); one-shot pruning to at most {a.macs:.0%} of its MACs, group "
           f"L2 importance, round_to {pruning.ROUND_TO}; scored on the held-out tenth of imagenette/train "
-          f"({len(val)} photos); recovery: {a.steps} batches of 32 of distillation (labels + teacher), with "
+          f"({len(val)} photos); recovery: distillation (labels + teacher), batches of 32, with "
           "edge.pruning.recovery's recipe (batch statistics and lr 5e-3 without the re-fit; running statistics, lr "
-          f"2e-3, gradient norm clipped at 1 with it). {env['machine']['processor']}, {env['machine']['cpu_count']} cores.", "",
+          f"5e-4, gradient norm clipped at 1 with it). {env['machine']['processor']}, {env['machine']['cpu_count']} cores.", "",
           "| recipe | ratio per layer | MACs (M) | params (M) | top-1 pruned | agreement pruned | KL pruned | "
-          "top-1 recovered | KL recovered | seconds | git |", "|---|---|---|---|---|---|---|---|---|---|---|",
-          f"| unpruned | - | {full / 1e6:.1f} | - | {rows['unpruned']['top1']} | 100 | 0 | - | - | - | - |"]
+          "top-1 recovered | KL recovered | recovery steps | seconds | git |", "|---|---|---|---|---|---|---|---|---|---|---|---|",
+          f"| unpruned | - | {full / 1e6:.1f} | - | {rows['unpruned']['top1']} | 100 | 0 | - | - | - | - | - |"]
     for name in [n for n in RECIPES if n in rows]:
         r = rows[name]
         md.append(f"| {name} | {r['ratio']} | {r['macs'] / 1e6:.1f} | {r['params'] / 1e6:.2f} | {r['pruned']['top1']} | "
                   f"{r['pruned'].get('agreement', '-')} | {r['pruned']['kl_to_teacher']} | {r['recovered']['top1']} | {r['recovered']['kl_to_teacher']} | "
-                  f"{r['seconds']} | {r.get('git_commit', '')} |")
+                  f"{r.get('steps', '-')} | {r['seconds']} | {r.get('git_commit', '')} |")
     save("prune_recipe_lite0", {"rows": rows, "steps": a.steps, "held_out": len(val), "environment": env},
          "\n".join(md) + "\n")
 

@@ -37,9 +37,9 @@ ROUND_TO = 16
 MAX_RATIO = 0.9  # per layer; beyond this whole stages are all but gone
 # Keep the residual streams whole and prune inside the blocks, so every layer pruning cuts the inputs
 # of keeps its outputs and is re-fitted by least squares. On the fine-tuned Lite0 pruned in one step to
-# 0.6x MACs, 256 held-out photos: 12% top-1 agreement with the unpruned network before the re-fit,
-# 86% after (benchmarks/results/prune_recipe_lite0.md); pruning every group: 33% with batch norm
-# re-estimated.
+# 0.6x MACs (547 held-out photos, benchmarks/results/prune_recipe_lite0.md): 83% top-1 after the
+# re-fit; 31-33% without it, batch norm re-estimated, whether every group or only the blocks' insides
+# were pruned.
 KEEP_RESIDUAL = True
 RIDGE = 1e-4  # least-squares re-fit: relative to the mean input energy
 MIN_ROWS_PER_INPUT = 4  # a layer is re-fitted only from at least this many rows (positions x samples) per weight
