@@ -5,11 +5,12 @@ layers that pruning cut the inputs of, by least squares against the unpruned net
 
 Start: the 10-class Lite0 fine-tuned on imagenette/train (a `--finetune` build's folder, which holds
 reference.pt). Each recipe prunes a copy in one step to at most 60% of the MACs, re-estimates batch
-norm (or, with least squares, re-fits on 128 training photos instead), and is scored on the held-out tenth of train/ that the prune and distill stages hold out
-(top-1 and KL divergence to the unpruned network); then it recovers for --steps batches of 32 by
-distillation (labels and the teacher's softmax, batch statistics, lr 5e-3, the prune stage's
-recovery: batch statistics at lr 5e-3 for a network that was not re-fitted, running statistics at lr
-5e-4 with the gradient norm clipped at 1 for one that was; edge.pruning.recovery) and is scored again. imagenette/eval is not used: this chooses a recipe.
+norm (or, with least squares, re-fits on 128 training photos instead), and is scored on the
+held-out tenth of train/ that the prune and distill stages hold out (top-1 and KL divergence to the unpruned network); then it recovers for --steps batches of 32 by
+distillation (labels and the teacher's softmax) with the prune stage's recovery (batch statistics
+at lr 5e-3 for a network that was not re-fitted, running statistics at lr 5e-4 with the gradient
+norm clipped at 1 for one that was; edge.pruning.recovery) and is scored again. imagenette/eval
+is not used: this chooses a recipe.
 
     python benchmarks/prune_recipe_lite0.py --reference out/ft/onnx [--steps 80] [--recipes NAME ...]
 
