@@ -158,8 +158,9 @@ class Prune(Stage):
         state.recovery = rec
         state.set_network(student.eval(), self.name)
         return {"ratio": ratio, "macs_target": target, "steps": history, "importance": "group L2 magnitude",
-                "round_to": pruning.ROUND_TO, "kept_whole": "first convolution, classifier" + (", residual streams and block outputs" if pruning.KEEP_RESIDUAL
-                                                              else ""),
+                "round_to": pruning.ROUND_TO,
+                "kept_whole": "first convolution, classifier"
+                + (", residual streams and block outputs" if pruning.KEEP_RESIDUAL else ""),
                 "reconstruction": {"samples": n_fit, "ridge": pruning.RIDGE, "method": "least squares per layer "
                                    "whose inputs were pruned, against the unpruned network's outputs"}
                 if pruning.KEEP_RESIDUAL else None,
