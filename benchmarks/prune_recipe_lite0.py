@@ -87,15 +87,16 @@ def main() -> None:
         if lsq:
             pick = np.sort(np.random.default_rng(2).permutation(len(train))[:LSQ_SAMPLES])  # not one class
             fit = [train.batch(pick[i:i + 16]) for i in range(0, LSQ_SAMPLES, 16)]
-            row = {"refitted": len(pruning.reconstruct(student, teacher, fit))}
+            done = pruning.reconstruct(student, teacher, fit)
+            row = {"refitted": len(done)}
         else:
             training.reestimate_bn(student, train)
-            row = {}
+            row, done = {}, []
         row.update({"ratio": ratio, **measure(student, example), "pruned": score(student, teacher, val),
                     "git_commit": env["git_commit"], "steps": a.steps})
         print(name, row, flush=True)
         rng = np.random.default_rng(1)
-        rec = pruning.recovery(lsq)
+        rec = pruning.recovery(done)
         row["recovery"] = {"lr": rec.lr, "clip": rec.clip, "batch_statistics": rec.batch_statistics}
         with rec.mode(student):
             r = training.distill(student, teacher, train, None, steps=a.steps, check_every=a.steps, lr=rec.lr,

@@ -19,7 +19,7 @@ import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,12 @@ from edge.errors import ConversionError, UserError
 MOMENTUM = 0.9
 CROP_SCALE = (0.8, 1.0)  # random crop side, as a fraction of the input side
 MIN_HOLDOUT = 4
+# The classifier alone, on cached features (edge.stages.finetune's head; prune's re-fit of a
+# classifier whose inputs it cut).
+HEAD_EPOCHS = 30
+HEAD_LR = 1e-3
+HEAD_WEIGHT_DECAY = 1e-4
+HEAD_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -116,17 +122,27 @@ class Result:
 def distill(student: nn.Module, teacher: nn.Module | None, data: TrainSet, val: TrainSet | None, *, steps: int,
             check_every: int, lr: float, batch_size: int, rng, tasks=("classification",), label: str = "train",
             before_step: Callable[[int], None] | None = None, measuring: Callable | None = None,
-            monitor: Callable | None = None, step0_is_candidate: bool = True, clip: float | None = None) -> Result:
+            monitor: Callable | None = None, step0_is_candidate: bool = True, clip: float | None = None,
+            optimizer: str = "sgd", hints: Sequence[tuple[nn.Module, nn.Module]] = ()) -> Result:
     """Train `student` (in place) for `steps` batches against `teacher`'s outputs and `data`'s labels
 (teacher None: the labels alone, which `data` must then have).
     before_step(step) runs before each step (a stage's schedule); measuring(student) is the context
     the held-out loss is computed in (default: eval mode, restored after); monitor(step, student) is
     called at every checkpoint. `rng`: numpy Generator for batches and augmentation. `clip`: the
-    gradients' global norm is clipped to this before each step."""
+    gradients' global norm is clipped to this before each step. `optimizer`: "sgd" (momentum
+    MOMENTUM) or "adamw" (no weight decay), either with the cosine decay. `hints`: (student layer,
+    teacher layer) pairs whose outputs are matched as well (relative squared error, averaged over
+    the pairs, added to the training loss; FitNets' hints): many numbers per sample where 10 classes
+    give the softmax few. The held-out loss that picks the checkpoint leaves them out."""
     from edge.progress import Counter
 
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    else:
+        raise ValueError(f"optimizer {optimizer!r}: 'sgd' or 'adamw'")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     r, bar = Result([], {}, None), Counter(steps, label)
     best_loss = None
@@ -144,29 +160,121 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: TrainSet, val: 
             r.best, best_loss = (step, copy.deepcopy(student.state_dict())), loss
 
     checkpoint(0)
-    for step, idx in enumerate(batches(len(data), batch_size, steps, rng)):
-        if before_step is not None:
-            before_step(step)
-        x = data.batch(idx, lambda t: augment(t, rng))
-        with torch.no_grad():
-            target = None if teacher is None else teacher(*x)
-        value = loss(student(*x), target, None if data.labels is None else torch.from_numpy(data.labels[idx]), tasks)
-        if not torch.isfinite(value):
-            bar.close()
-            raise ConversionError(f"training ({label}) diverged at step {step + 1} of {steps} (loss {value.item()}); "
-                                  f"lower --lr (it was {lr:g})")
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        sched.step()
-        r.losses.append(value.item())
-        bar.update(step + 1, loss=r.losses[-1])
-        if (step + 1) % check_every == 0 or step + 1 == steps:
-            checkpoint(step + 1)
+    with _capture(hints) as hinted:
+        for step, idx in enumerate(batches(len(data), batch_size, steps, rng)):
+            if before_step is not None:
+                before_step(step)
+            x = data.batch(idx, lambda t: augment(t, rng))
+            with torch.no_grad():
+                target = None if teacher is None else teacher(*x)
+            value = loss(student(*x), target, None if data.labels is None else torch.from_numpy(data.labels[idx]), tasks)
+            if hinted is not None:
+                value = value + hinted()
+            if not torch.isfinite(value):
+                bar.close()
+                raise ConversionError(f"training ({label}) diverged at step {step + 1} of {steps} (loss {value.item()}); "
+                                      f"lower --lr (it was {lr:g})")
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            sched.step()
+            r.losses.append(value.item())
+            bar.update(step + 1, loss=r.losses[-1])
+            if (step + 1) % check_every == 0 or step + 1 == steps:
+                checkpoint(step + 1)
     bar.close()
     return r
+
+
+@contextmanager
+def _capture(pairs: Sequence[tuple[nn.Module, nn.Module]]):
+    """Forward hooks on each (student, teacher) layer pair; yields a function giving the mean relative
+    squared error between their latest outputs (None when there are no pairs)."""
+    if not pairs:
+        yield None
+        return
+    got: dict[int, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: got.__setitem__(k, o))
+             for j, pair in enumerate(pairs) for k, m in ((2 * j, pair[0]), (2 * j + 1, pair[1]))]
+
+    def error() -> torch.Tensor:
+        return sum(((got[2 * j] - got[2 * j + 1].detach()) ** 2).mean() / (got[2 * j + 1].detach() ** 2).mean()
+                   .clamp_min(1e-12) for j in range(len(pairs))) / len(pairs)
+
+    try:
+        yield error
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def fit_head(model: nn.Module, head: str, train: TrainSet, val: TrainSet | None,
+             teacher: nn.Module | None = None, label: str = "head features") -> dict:
+    """Train the classifier `head` of `model` alone, on the backbone's cached features (centre view),
+    keeping the epoch with the lowest held-out loss: cross-entropy on the labels or, when `train` is
+    unlabelled, the KL divergence to `teacher`'s softmax. The objective is edge.training.loss."""
+    layer = model.get_submodule(head)
+    if train.labels is None and teacher is None:
+        raise ValueError("fit_head: unlabelled samples need a teacher")
+    f_train = _features(model, layer, train, label)
+    f_val = _features(model, layer, val, label) if val is not None else None
+    unlabelled = train.labels is None
+    y_train = _logits(teacher, train) if unlabelled else torch.from_numpy(train.labels)
+    y_val = None if val is None else _logits(teacher, val) if unlabelled else torch.from_numpy(val.labels)
+
+    def objective(logits, y):
+        return loss(logits, y, None) if unlabelled else F.cross_entropy(logits, y)
+
+    opt = torch.optim.AdamW(layer.parameters(), lr=HEAD_LR, weight_decay=HEAD_WEIGHT_DECAY)
+    g = torch.Generator().manual_seed(0)
+    best, start = None, None
+    for epoch in range(HEAD_EPOCHS + 1):
+        if epoch:
+            for idx in torch.randperm(len(f_train), generator=g).split(HEAD_BATCH):
+                value = objective(layer(f_train[idx]), y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                opt.step()
+        with torch.no_grad():
+            f, y = (f_val, y_val) if f_val is not None else (f_train, y_train)
+            logits = layer(f)
+            target = y.argmax(1) if unlabelled else y
+            held = (objective(logits, y).item(), (logits.argmax(1) == target).float().mean().item())
+        start = start or held
+        if epoch and (best is None or held[0] < best[1][0]):
+            best = (epoch, held, copy.deepcopy(layer.state_dict()))
+    layer.load_state_dict(best[2])
+    return {"epochs": HEAD_EPOCHS, "kept_epoch": best[0], "held_out_loss": round(best[1][0], 4),
+            "held_out_top1": round(best[1][1], 4), "loss_before": round(start[0], 4),
+            "on": "held-out" if f_val is not None else "training samples",
+            "objective": "KL divergence to the teacher" if unlabelled else "cross-entropy on the labels"}
+
+
+def _features(model: nn.Module, layer: nn.Module, data: TrainSet, label: str, batch: int = 64) -> torch.Tensor:
+    """The inputs of `layer` over `data` (centre view, eval mode)."""
+    from edge.progress import bar
+
+    got = []
+    hook = layer.register_forward_pre_hook(lambda m, args: got.append(args[0].detach().clone()))
+    try:
+        with _eval_mode(model), torch.no_grad():
+            for i in bar(range(0, len(data), batch), label, total=-(-len(data) // batch), unit="batch"):
+                model(*data.batch(np.arange(i, min(i + batch, len(data)))))
+    finally:
+        hook.remove()
+    return torch.cat(got)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, data: TrainSet, batch: int = 64) -> torch.Tensor:
+    """The first output of `model` over `data` (centre view, eval mode)."""
+    from edge.models.loading import output_list
+
+    with _eval_mode(model):
+        return torch.cat([output_list(model(*data.batch(np.arange(i, min(i + batch, len(data))))))[0]
+                          for i in range(0, len(data), batch)])
 
 
 @torch.no_grad()
@@ -203,6 +311,26 @@ def _eval_mode(model: nn.Module):
         yield model
     finally:
         restore(saved)
+
+
+DEAD_VARIANCE = 1e-10
+
+
+@torch.no_grad()
+def silence_dead_channels(model: nn.Module) -> int:
+    """Set to 0 the scale of every batch-norm channel whose running variance is 0 (below
+    DEAD_VARIANCE): a channel whose input never varied (its convolution's weights decayed to 0), so
+    that it outputs its shift whatever the scale. The outputs do not change; what changes is
+    training on running statistics, where such a channel multiplies its input's gradient and any
+    change to it by scale / sqrt(eps) (about 50 in EfficientNet-Lite0's stem, eps 1e-3), and the
+    first SGD steps blow it up. Returns the channels silenced."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.track_running_stats:
+            dead = m.running_var < DEAD_VARIANCE
+            m.weight[dead] = 0.0
+            n += int(dead.sum())
+    return n
 
 
 @contextmanager

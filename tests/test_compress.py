@@ -82,7 +82,8 @@ def test_prune_removes_the_channels_it_says_and_every_target_exports(digits, tmp
     # a chain: the inner channels go; the layer reading them keeps its outputs and is re-fitted
     assert now["features.3"] == was["features.3"] // 2 and now["features.6"] == was["features.6"]
     assert net.features[6].in_channels == now["features.3"]
-    assert pr["steps"][-1]["refitted"] == 1 and pr["reconstruction"]["samples"] > 0
+    assert len(pr["steps"]) == 1 and pr["steps"][0]["refitted"] == 1 and pr["reconstruction"]["samples"] > 0
+    assert pr["steps"][0]["classifier"] is None  # its inputs are features.6's outputs, kept whole
     x = (torch.zeros(1, 1, 8, 8),)
     assert network.measure(net, x) == pr["after"] == di["after"]
     assert pr["after"]["macs"] < 0.6 * pr["before"]["macs"] and pr["after"]["params"] < pr["before"]["params"]
@@ -259,6 +260,18 @@ def test_batch_norm_statistics_follow_a_pruned_network():
     assert not bn.training and bn.momentum == 0.1
 
 
+def test_reconstruction_sample_is_drawn_across_the_classes():
+    """The training samples come in label order; the re-fit's sample is a random draw, not the first
+    n (which, on imagenette, were all one class and re-fitted to 38% top-1 instead of 83%)."""
+    from edge.stages.prune import reconstruction_sample
+
+    labels = np.repeat(np.arange(10), 100)  # label order, as training_set returns them
+    pick = reconstruction_sample(len(labels), 128, np.random.default_rng(0))
+    assert len(pick) == 128 == len(set(pick.tolist())) and list(pick) == sorted(pick)
+    assert len(set(labels[pick].tolist())) == 10
+    assert len(reconstruction_sample(50, 128, np.random.default_rng(0))) == 50  # all of a small set
+
+
 def test_least_squares_reconstruction_brings_the_pruned_network_back():
     """With the residual streams kept whole, re-fitting each block's projection (and the
     classifier) by least squares against the unpruned network cuts the output error."""
@@ -278,3 +291,91 @@ def test_least_squares_reconstruction_brings_the_pruned_network_back():
         want = teacher(x)
         err = [float(((m(x) - want) ** 2).mean() / (want ** 2).mean()) for m in (student, refit)]
     assert err[1] < 0.5 * err[0], err
+
+
+def test_dead_channels_silenced_without_changing_the_outputs():
+    """A batch-norm channel whose input never varied (running variance 0, its convolution's row 0)
+    gets scale 0: the outputs stay, and training on running statistics no longer multiplies that
+    row's gradient by scale / sqrt(eps)."""
+    from edge.training import silence_dead_channels
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 3)).eval()
+    with torch.no_grad():
+        net[0].weight[1] = 0
+        net[1].running_var.uniform_(0.5, 2.0)
+        net[1].running_var[1], net[1].running_mean[1] = 0.0, 0.0
+        net[1].weight.fill_(1.5)
+        net[1].bias.fill_(0.5)  # above the ReLU's kink, so gradients pass
+    x = torch.randn(8, 3, 8, 8)
+
+    def row_grad():
+        net.zero_grad()
+        net(x).square().sum().backward()
+        return float(net[0].weight.grad[1].abs().max())
+
+    before, g_before = net(x).detach(), row_grad()
+    assert silence_dead_channels(net) == 1
+    assert float(net[1].weight[1]) == 0.0 and torch.equal(net[1].weight[[0, 2, 3]], torch.full((3,), 1.5))
+    assert torch.allclose(net(x), before) and g_before > 0 and row_grad() == 0.0
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_fit_head_after_its_inputs_were_cut(labelled):
+    """Pruning cut the classifier's inputs: fit_head trains it again on the pruned network's
+    features, against the labels or, unlabelled, the teacher's softmax, and lowers that loss."""
+    import copy
+
+    from edge.training import TrainSet, fit_head
+
+    teacher = _residual_net()
+    x = torch.randn(96, 3, 8, 8)
+    with torch.no_grad():
+        labels = teacher(x).argmax(1).numpy()
+    student = copy.deepcopy(teacher)
+    pruning.make_pruner(student, (x[:2],), 0.5, 1, 10, round_to=8, keep_residual=False).step()
+    assert student[6].in_features == 16  # the stream, and the classifier's inputs, were cut
+    train = TrainSet({"x": x[:64].numpy()}, labels[:64] if labelled else None, "random")
+    val = TrainSet({"x": x[64:].numpy()}, labels[64:] if labelled else None, "random")
+    r = fit_head(student, "6", train, val, teacher=teacher)
+    assert r["held_out_loss"] < r["loss_before"], r
+    assert r["objective"] == ("cross-entropy on the labels" if labelled else "KL divergence to the teacher")
+
+
+def test_distillation_hints_pull_the_layers_they_name_towards_the_teacher():
+    """distill(hints=...) adds the relative squared error between the named layers' outputs to the
+    loss (FitNets' hints): those outputs come much closer to the teacher's than the softmax alone
+    brings them, from the same start with the same steps."""
+    import copy
+
+    from edge.training import TrainSet, distill
+
+    teacher = _residual_net()
+    x = torch.randn(64, 3, 8, 8)
+    start = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in start[1].parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    data = TrainSet({"x": x.numpy()}, None, "random", image=None)
+
+    def error(student) -> float:
+        got = {}
+        hs = [m[3].project[0].register_forward_hook(lambda mod, i, o, k=k: got.__setitem__(k, o))
+              for k, m in (("s", student), ("t", teacher))]
+        with torch.no_grad():
+            student(x), teacher(x)
+        for h in hs:
+            h.remove()
+        return float(((got["s"] - got["t"]) ** 2).mean() / (got["t"] ** 2).mean())
+
+    errors = {}
+    for hinted in (False, True):
+        student = copy.deepcopy(start)
+        pair = [(student[3].project[0], teacher[3].project[0])] if hinted else []
+        distill(student, teacher, data, None, steps=60, check_every=60, lr=1e-2, batch_size=16,
+                rng=np.random.default_rng(0), optimizer="adamw", hints=pair)
+        errors[hinted] = error(student)
+        assert not student[3].project[0]._forward_hooks  # the hooks are gone after training
+    assert errors[True] < 0.5 * errors[False] < 0.5 * error(start), errors

@@ -28,10 +28,6 @@ from edge.stages.base import BuildState, Stage, StageConfig, register_stage
 
 log = logging.getLogger("edge")
 
-HEAD_EPOCHS = 30
-HEAD_LR = 1e-3
-HEAD_WEIGHT_DECAY = 1e-4
-HEAD_BATCH = 64
 # Whole-network passes after the head. Measured (benchmarks/compress_lite0.py, EfficientNet-Lite0
 # on imagenette): one pass at lr 5e-3 raised the held-out loss from the head's 0.032 to 0.64 and
 # ended at 0.079, so the head-only checkpoint (step 0) was kept and the pass cost 20 minutes for
@@ -105,9 +101,9 @@ class Finetune(Stage):
         train, val = training.split(data, HOLDOUT, rng)
         t0 = time.perf_counter()
         log.info("finetune: %d classes from %s; head first (%s)", len(names), data.source, head)
-        head_fit = fit_head(model, head, train, val)
+        head_fit = training.fit_head(model, head, train, val)
         log.info("finetune: the head alone: %s top-1 %.2f%% (epoch %d of %d)", head_fit["on"],
-                 100 * head_fit["held_out_top1"], head_fit["kept_epoch"], HEAD_EPOCHS)
+                 100 * head_fit["held_out_top1"], head_fit["kept_epoch"], training.HEAD_EPOCHS)
         epochs = DEFAULT_EPOCHS if c.finetune_epochs is None else float(c.finetune_epochs)
         steps = int(round(epochs * len(train) / BATCH_SIZE))
         whole = None
@@ -126,8 +122,8 @@ class Finetune(Stage):
                 "train_samples": len(train), "held_out_samples": len(val) if val is not None else 0,
                 "head": head_fit, "whole_network": whole, "seconds": round(time.perf_counter() - t0, 1),
                 "before": before, "after": measure(model, example),
-                "recipe": {"head": f"AdamW lr {HEAD_LR:g}, weight decay {HEAD_WEIGHT_DECAY:g}, {HEAD_EPOCHS} epochs on "
-                                   "cached features", "whole_network": "SGD momentum 0.9, cosine decay, random crop "
+                "recipe": {"head": f"AdamW lr {training.HEAD_LR:g}, weight decay {training.HEAD_WEIGHT_DECAY:g}, "
+                                   f"{training.HEAD_EPOCHS} epochs on cached features", "whole_network": "SGD momentum 0.9, cosine decay, random crop "
                                    "80-100% and flip, batch norm frozen", "holdout": HOLDOUT}}
 
 
@@ -160,53 +156,6 @@ def _remap_eval(samples, mapping: dict[int, int], eval_path):
         raise UserError(f"--eval {eval_path} has class index {missing[0]}, which --train does not have; "
                         "--eval must hold the classes the model is fine-tuned to")
     return replace(samples, labels=np.array([mapping[int(v)] for v in samples.labels], np.int64))
-
-
-def fit_head(model, head: str, train, val) -> dict:
-    """Train the classifier `head` of `model` alone, on the backbone's cached features."""
-    import torch
-    import torch.nn.functional as F
-
-    layer = model.get_submodule(head)
-    f_train, f_val = _features(model, layer, train), _features(model, layer, val) if val is not None else None
-    y_train = torch.from_numpy(train.labels)
-    y_val = torch.from_numpy(val.labels) if val is not None else None
-    opt = torch.optim.AdamW(layer.parameters(), lr=HEAD_LR, weight_decay=HEAD_WEIGHT_DECAY)
-    g = torch.Generator().manual_seed(0)
-    best, history = None, []
-    for epoch in range(HEAD_EPOCHS):
-        for idx in torch.randperm(len(f_train), generator=g).split(HEAD_BATCH):
-            loss = F.cross_entropy(layer(f_train[idx]), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            f, y = (f_val, y_val) if f_val is not None else (f_train, y_train)
-            logits = layer(f)
-            held = (F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item())
-        history.append(held)
-        if best is None or held[0] < best[1][0]:
-            best = (epoch + 1, held, copy.deepcopy(layer.state_dict()))
-    layer.load_state_dict(best[2])
-    return {"epochs": HEAD_EPOCHS, "kept_epoch": best[0], "held_out_loss": round(best[1][0], 4),
-            "held_out_top1": round(best[1][1], 4), "on": "held-out" if f_val is not None else "training samples"}
-
-
-def _features(model, layer, data, batch: int = 64):
-    """The inputs of `layer` over `data` (centre view, eval mode)."""
-    import torch
-
-    from edge.progress import bar
-
-    got = []
-    hook = layer.register_forward_pre_hook(lambda m, args: got.append(args[0].detach().clone()))
-    try:
-        with torch.no_grad():
-            for i in bar(range(0, len(data), batch), "finetune features", total=-(-len(data) // batch), unit="batch"):
-                model(*data.batch(np.arange(i, min(i + batch, len(data)))))
-    finally:
-        hook.remove()
-    return torch.cat(got)
 
 
 register_stage(Finetune())
