@@ -5,14 +5,17 @@ layers that pruning cut the inputs of, by least squares against the unpruned net
 
 Start: the 10-class Lite0 fine-tuned on imagenette/train (a `--finetune` build's folder, which holds
 reference.pt). Each recipe prunes a copy in one step to at most 60% of the MACs, re-estimates batch
-norm (or, with least squares, re-fits on 128 training photos instead), and is scored on the
-held-out tenth of train/ that the prune and distill stages hold out (top-1 and KL divergence to the unpruned network); then it recovers for --steps batches of 32 by
+norm (or, with least squares, re-fits on 128-1024 training photos drawn at random instead, and
+optionally trains the classifier again on the pruned features, edge.training.fit_head, as the
+prune stage does when the classifier's inputs were cut), and is scored on the held-out tenth of
+train/ that the prune and distill stages hold out (top-1 and KL divergence to the unpruned
+network); then (--steps above 0) it recovers for --steps batches of 32 by
 distillation (labels and the teacher's softmax) with the prune stage's recovery (batch statistics
 at lr 5e-3 for a network that was not re-fitted, running statistics at lr 5e-4 with the gradient
 norm clipped at 1 for one that was; edge.pruning.recovery) and is scored again. imagenette/eval
 is not used: this chooses a recipe.
 
-    python benchmarks/prune_recipe_lite0.py --reference out/ft/onnx [--steps 80] [--recipes NAME ...]
+    python benchmarks/prune_recipe_lite0.py --reference out/ft/onnx [--steps 80 | 0] [--recipes NAME ...]
 
 Rows of earlier runs (other recipes) are kept in the results file, each with its git commit.
 """
@@ -31,9 +34,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, SHARED, environment, save  # noqa: E402
 
-RECIPES = {"every group": (False, False), "residual streams kept whole": (True, False),
-           "residual streams kept whole, least squares": (True, True)}
-LSQ_SAMPLES = 128
+# name: (residual streams kept whole, least-squares samples (0: none), classifier re-fitted)
+RECIPES = {"every group": (False, 0, False), "residual streams kept whole": (True, 0, False),
+           "residual streams kept whole, least squares": (True, 128, False),
+           "least squares on 512": (True, 512, False), "least squares on 1024": (True, 1024, False),
+           "least squares on 128, classifier re-fitted": (True, 128, True),
+           "least squares on 512, classifier re-fitted": (True, 512, True),
+           "least squares on 1024, classifier re-fitted": (True, 1024, True)}
 
 
 @torch.no_grad()
@@ -55,7 +62,7 @@ def score(student, teacher, val) -> dict:
 
 def main() -> None:
     from edge import pruning, training
-    from edge.network import measure
+    from edge.network import find_classifier, measure
     from edge.verification import reference_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,22 +86,32 @@ def main() -> None:
     rows = {**kept, "unpruned": {**score(teacher, teacher, val), "macs": full}}
     print("unpruned", rows["unpruned"], flush=True)
     for name in a.recipes:
-        keep, lsq = RECIPES[name]
+        keep, lsq, head = RECIPES[name]
         t0 = time.perf_counter()
         student = copy.deepcopy(teacher)
         ratio = pruning.ratio_for_macs(student, example, int(a.macs * full), 10, keep_residual=keep)
         pruning.make_pruner(student, example, ratio, 1, 10, keep_residual=keep).step()
         if lsq:
-            pick = np.sort(np.random.default_rng(2).permutation(len(train))[:LSQ_SAMPLES])  # not one class
-            fit = [train.batch(pick[i:i + 16]) for i in range(0, LSQ_SAMPLES, 16)]
+            pick = np.sort(np.random.default_rng(2).permutation(len(train))[:lsq])  # not one class
+            fit = [train.batch(pick[i:i + 16]) for i in range(0, lsq, 16)]
             done = pruning.reconstruct(student, teacher, fit)
             row = {"refitted": len(done)}
         else:
             training.reestimate_bn(student, train)
             row, done = {}, []
+        if head:
+            row["refit_only"] = score(student, teacher, val)
+            name_fc = find_classifier(student, 10)[0]
+            row["classifier"] = training.fit_head(student, name_fc, train, val, teacher=teacher)
         row.update({"ratio": ratio, **measure(student, example), "pruned": score(student, teacher, val),
                     "git_commit": env["git_commit"], "steps": a.steps})
         print(name, row, flush=True)
+        row["seconds_to_refit"] = round(time.perf_counter() - t0, 1)
+        if not a.steps:
+            row["recovered"], row["seconds"] = row["pruned"], row["seconds_to_refit"]
+            rows[name] = row
+            print(name, row, flush=True)
+            continue
         rng = np.random.default_rng(1)
         rec = pruning.recovery(done)
         row["recovery"] = {"lr": rec.lr, "clip": rec.clip, "batch_statistics": rec.batch_statistics}
@@ -113,13 +130,14 @@ def main() -> None:
           f"L2 importance, round_to {pruning.ROUND_TO}; scored on the held-out tenth of imagenette/train "
           f"({len(val)} photos); recovery: distillation (labels + teacher), batches of 32, with "
           "edge.pruning.recovery's recipe (batch statistics and lr 5e-3 without the re-fit; running statistics, lr "
-          f"5e-4, gradient norm clipped at 1 with it). {env['machine']['processor']}, {env['machine']['cpu_count']} cores.", "",
-          "| recipe | ratio per layer | MACs (M) | params (M) | top-1 pruned | agreement pruned | KL pruned | "
-          "top-1 recovered | KL recovered | recovery steps | seconds | git |", "|---|---|---|---|---|---|---|---|---|---|---|---|",
-          f"| unpruned | - | {full / 1e6:.1f} | - | {rows['unpruned']['top1']} | 100 | 0 | - | - | - | - | - |"]
+          "5e-4, gradient norm clipped at 1 with it). 'pruned' columns: after the re-fits the recipe names, before any "
+          f"training; 0 recovery steps: none. {env['machine']['processor']}, {env['machine']['cpu_count']} cores.", "",
+          "| recipe | ratio per layer | MACs (M) | params (M) | top-1 before the classifier re-fit | top-1 pruned | agreement pruned | KL pruned | "
+          "top-1 recovered | KL recovered | recovery steps | seconds | git |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+          f"| unpruned | - | {full / 1e6:.1f} | - | - | {rows['unpruned']['top1']} | 100 | 0 | - | - | - | - | - |"]
     for name in [n for n in RECIPES if n in rows]:
         r = rows[name]
-        md.append(f"| {name} | {r['ratio']} | {r['macs'] / 1e6:.1f} | {r['params'] / 1e6:.2f} | {r['pruned']['top1']} | "
+        md.append(f"| {name} | {r['ratio']} | {r['macs'] / 1e6:.1f} | {r['params'] / 1e6:.2f} | {r.get('refit_only', {}).get('top1', '-')} | {r['pruned']['top1']} | "
                   f"{r['pruned'].get('agreement', '-')} | {r['pruned']['kl_to_teacher']} | {r['recovered']['top1']} | {r['recovered']['kl_to_teacher']} | "
                   f"{r.get('steps', '-')} | {r['seconds']} | {r.get('git_commit', '')} |")
     save("prune_recipe_lite0", {"rows": rows, "steps": a.steps, "held_out": len(val), "environment": env},

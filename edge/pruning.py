@@ -13,6 +13,8 @@ target exports as it would the original.
 * Reconstruction: after each pruning step, each layer whose inputs were cut is re-fitted by least
   squares to reproduce the unpruned network's outputs at that layer on a few training samples
   (`reconstruct`), in forward order, so the network is close to the original before any training.
+  A classifier whose inputs were cut has too many weights for a few samples; the prune stage trains
+  it again on the pruned network's features instead (edge.training.fit_head).
 * Channel counts are rounded to multiples of ROUND_TO: ONNX Runtime ran pruned networks with odd
   channel counts slower than the unpruned one (../shared/ENVIRONMENT.md: 1.1-1.7x; 0.45-0.62x with
   16), and XNNPACK's int8 and fp32 kernels work on 8- and 16-channel tiles.
@@ -70,7 +72,10 @@ class Recovery:
 # photos): batch statistics took the loss from 1.2 to 4.8 at once (they cost even the unpruned
 # network: 0.02 -> 0.6); running statistics at lr 5e-4 to 5e-3 without clipping diverged within 8
 # steps; clipped at norm 1, lr 2e-3 held for 24 steps (1.48 -> 1.19) but not through a full build
-# (distillation loss 3-5), lr 5e-4 went 1.48 -> 1.12 in 60 steps without a spike.
+# (distillation loss 3-5), lr 5e-4 went 1.48 -> 1.12 in 60 steps without a spike. Once the re-fit
+# used 1,024 photos and the classifier was re-fitted too, 2 epochs at lr 5e-4 took the held-out loss
+# from 0.60 to 0.67-0.73 (the pick kept step 0); 60-100-step probes of AdamW at 2e-5 to 1e-4 and of
+# hints (below) were no better (benchmarks/results/compress_lite0-partial.md).
 REFITTED = Recovery(lr=5e-4, clip=1.0, batch_statistics=False)
 # Pruned without re-fitting, it is broken and its statistics are wrong: with running statistics at
 # lr 1e-3 the loss stayed at chance; batch statistics at 5e-3 brought it down.

@@ -30,7 +30,7 @@ RECOVER_EPOCHS = 0.2  # of the training samples, after each pruning step but the
 BATCH_SIZE = 32
 HOLDOUT = 0.1
 # Training samples the least-squares re-fit matches the unpruned network on. Fine-tuned Lite0 to 0.6x
-# MACs, 547 held-out photos (/tmp probes with benchmarks/prune_recipe_lite0.py's setup): 128 samples
+# MACs, 547 held-out photos (benchmarks/results/prune_recipe_lite0.md): 128 samples
 # 83.0% top-1, 512 90.0%, 1024 90.9% (89.8%, 91.0%, 92.1% once the classifier is re-fitted too); the
 # re-fit takes 32 s, 83 s and 211 s.
 RECONSTRUCT_SAMPLES = 1024
