@@ -54,7 +54,6 @@ class Recovery:
     lr: float
     clip: float | None  # the gradients' global norm, clipped
     batch_statistics: bool  # batch norm on batch statistics in training, running ones re-estimated after
-    optimizer: str = "sgd"  # edge.training.distill's
     hints: tuple[str, ...] = ()  # layers whose outputs are matched to the unpruned network's as well
 
     def pairs(self, student: nn.Module, teacher: nn.Module) -> list[tuple[nn.Module, nn.Module]]:

@@ -167,13 +167,14 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: TrainSet, val: 
             x = data.batch(idx, lambda t: augment(t, rng))
             with torch.no_grad():
                 target = None if teacher is None else teacher(*x)
-            value = loss(student(*x), target, None if data.labels is None else torch.from_numpy(data.labels[idx]), tasks)
+            labels = None if data.labels is None else torch.from_numpy(data.labels[idx])
+            value = loss(student(*x), target, labels, tasks)
             if hinted is not None:
                 value = value + hinted()
             if not torch.isfinite(value):
                 bar.close()
-                raise ConversionError(f"training ({label}) diverged at step {step + 1} of {steps} (loss {value.item()}); "
-                                      f"lower --lr (it was {lr:g})")
+                raise ConversionError(f"training ({label}) diverged at step {step + 1} of {steps} "
+                                      f"(loss {value.item()}); lower --lr (it was {lr:g})")
             opt.zero_grad(set_to_none=True)
             value.backward()
             if clip is not None:

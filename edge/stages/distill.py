@@ -70,7 +70,7 @@ class Distill(Stage):
         with rec.mode(student):
             r = training.distill(student, teacher, train, val, steps=steps, check_every=max(1, steps // 4), lr=rec.lr,
                                  batch_size=BATCH_SIZE, rng=rng, tasks=tasks, clip=rec.clip, label="distill",
-                                 optimizer=rec.optimizer, hints=rec.pairs(student, teacher))
+                                 hints=rec.pairs(student, teacher))
         if r.best is not None:
             student.load_state_dict(r.best[1])
         if rec.batch_statistics:
@@ -82,7 +82,7 @@ class Distill(Stage):
         state.set_network(student.eval(), self.name)
         example = state.ctx.example_tensors()
         return {"steps": steps, "epochs": round(steps * BATCH_SIZE / len(train), 2), "lr": rec.lr,
-                "clip_grad_norm": rec.clip, "optimizer": rec.optimizer, "hints": list(rec.hints),
+                "clip_grad_norm": rec.clip, "hints": list(rec.hints),
                 "batch_size": BATCH_SIZE,
                 "data": data.source, "labelled": data.labels is not None,
                 "held_out_samples": len(val) if val is not None else 0,

@@ -123,7 +123,8 @@ class Finetune(Stage):
                 "head": head_fit, "whole_network": whole, "seconds": round(time.perf_counter() - t0, 1),
                 "before": before, "after": measure(model, example),
                 "recipe": {"head": f"AdamW lr {training.HEAD_LR:g}, weight decay {training.HEAD_WEIGHT_DECAY:g}, "
-                                   f"{training.HEAD_EPOCHS} epochs on cached features", "whole_network": "SGD momentum 0.9, cosine decay, random crop "
+                                   f"{training.HEAD_EPOCHS} epochs on cached features",
+                           "whole_network": "SGD momentum 0.9, cosine decay, random crop "
                                    "80-100% and flip, batch norm frozen", "holdout": HOLDOUT}}
 
 

@@ -148,7 +148,7 @@ class Prune(Stage):
                 with rec.mode(student):
                     r = training.distill(student, teacher, train, val, steps=n, check_every=n, lr=rec.lr,
                                          batch_size=BATCH_SIZE, rng=rng, tasks=tasks, clip=rec.clip,
-                                         optimizer=rec.optimizer, hints=rec.pairs(student, teacher),
+                                         hints=rec.pairs(student, teacher),
                                          label=f"prune {i + 1}/{steps}: recover")
                 if rec.batch_statistics:
                     training.reestimate_bn(student, train)
@@ -172,7 +172,7 @@ class Prune(Stage):
                 if pruning.KEEP_RESIDUAL else None,
                 "dead_channels_silenced": silenced,
                 "recovery": {"epochs_per_step": RECOVER_EPOCHS, "lr": rec.lr, "clip_grad_norm": rec.clip,
-                             "optimizer": rec.optimizer, "hints": list(rec.hints),
+                             "hints": list(rec.hints),
                              "batch_size": BATCH_SIZE, "data": data.source,
                              "batch_norm": "batch statistics in training; running statistics re-estimated on "
                              "1,024 samples after each step and each recovery" if rec.batch_statistics else
