@@ -74,7 +74,7 @@ class Recovery:
 # (distillation loss 3-5), lr 5e-4 went 1.48 -> 1.12 in 60 steps without a spike. Once the re-fit
 # used 1,024 photos and the classifier was re-fitted too, 2 epochs at lr 5e-4 took the held-out loss
 # from 0.60 to 0.67-0.73 (the pick kept step 0); 60-100-step probes of AdamW at 2e-5 to 1e-4 and of
-# hints (below) were no better (benchmarks/results/compress_lite0-partial.md).
+# hints (below) were no better (benchmarks/results/compress_lite0-partial.md, prune_recovery_probes.txt).
 REFITTED = Recovery(lr=5e-4, clip=1.0, batch_statistics=False)
 # Pruned without re-fitting, it is broken and its statistics are wrong: with running statistics at
 # lr 1e-3 the loss stayed at chance; batch statistics at 5e-3 brought it down.
