@@ -51,7 +51,7 @@ def explain(out_dir: str, samples: int = 8, threshold_db: float | None = None, *
 def bench(*paths: str, device: str | None = None, **options) -> list[dict]:
     """Time artifacts (or build folders), each in a fresh process, on this machine or on a device
     ("ssh://user@host[:port]" or "pi-emu"); options: threads, runs, warmup, pin, input_shape, and
-    profile=True for each result's per-operator profile (onnxruntime)."""
+    profile=True for each result's per-operator profile (onnxruntime, ExecuTorch's ETDump)."""
     from edge.benchmark import bench as _bench
     from edge.device.remote import parse
 

@@ -231,8 +231,9 @@ def format_profile(r: dict, top: int = 12) -> str:
              f"{p['sum_vs_p50']:.2f}x the p50 of {_ms(base)} ms of unprofiled runs interleaved with them",
              tabulate([(o["op"], o["nodes"], _ms(o["ms"]), f"{100 * o['share']:.1f}%") for o in p["by_op_type"][:top]],
                       ("op type", "nodes", "ms per run", "share"), tablefmt="simple", disable_numparse=True),
-             tabulate([(b["block"], _ms(b["ms"]), f"{100 * b['share']:.1f}%") for b in p["by_block"][:top]],
-                      ("PyTorch block", "ms per run", "share"), tablefmt="simple", disable_numparse=True),
+             *([tabulate([(b["block"], _ms(b["ms"]), f"{100 * b['share']:.1f}%") for b in p["by_block"][:top]],
+                         ("PyTorch block", "ms per run", "share"), tablefmt="simple", disable_numparse=True)]
+               if p["by_block"] else []),  # node names without module scopes (ETDump's XNNPACK ops) have none
              tabulate([(n["node"], n["op"], n["module"] or "-", _ms(n["ms"]), f"{100 * n['share']:.1f}%")
                        for n in p["by_node"][:top]],
                       ("node (slowest first)", "op type", "PyTorch module", "ms per run", "share"), tablefmt="simple",

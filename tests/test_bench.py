@@ -4,9 +4,9 @@ processes, one-line errors for bad input, and a runner that imports only stdlib 
 from __future__ import annotations
 
 import ast
-import re
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -224,7 +224,7 @@ def test_bench_build_folder(fp32_build, tmp_path, capsys):
 def test_bench_profile(fp32_build, capsys):
     """--profile: onnxruntime's per-node kernel times over as many runs again, by op type, block
     and node (with the PyTorch module the exporter's name gives), and how their sum compares with
-    the unprofiled p50; a runtime without a profiler says so instead."""
+    the unprofiled p50; ExecuTorch's ETDump likewise; a runtime without a profiler says so instead."""
     from edge.cli import main
 
     onnx, tflite = bench([str(fp32_build / "onnx"), str(fp32_build / "tflite")], threads=1, runs=5, warmup=1,
@@ -237,6 +237,14 @@ def test_bench_profile(fp32_build, capsys):
     assert p["sum_ms"] > 0 and p["sum_vs_p50"] == round(p["sum_ms"] / p["p50_interleaved_ms"], 3)
     assert any(n["module"] for n in p["by_node"]) and p["by_block"]
     assert tflite["profile"] == {"available": False, "why": runner.NO_PROFILER["tflite"]}
+    # ExecuTorch: ETDump, with XNNPACK's own operators inside the delegate (no module scopes in their names)
+    (pte,) = bench([str(fp32_build / "executorch")], threads=1, runs=5, warmup=1, progress=False, profile=True)
+    p = pte["profile"]
+    assert p["available"] and p["runs"] == 5 and "ETDump" in p["source"], p
+    ops = {o["op"]: o for o in p["by_op_type"]}
+    assert any(op.startswith("Convolution") for op in ops) and "DELEGATE_CALL" not in ops, ops
+    assert "Method::execute" not in ops and not any(re.search(r" #\d+$", op) for op in ops), ops
+    assert 0 < p["sum_ms"] <= p["run_ms"] * 1.001 and p["sum_vs_p50"] == round(p["sum_ms"] / p["p50_interleaved_ms"], 3)
     assert "profile" not in bench([str(fp32_build / "onnx")], threads=1, runs=2, warmup=0, progress=False)[0]
     assert main(["bench", str(fp32_build / "onnx"), "--threads", "1", "--runs", "3", "--profile", "-q"]) == 0
     out = capsys.readouterr().out
