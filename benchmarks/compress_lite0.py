@@ -6,6 +6,7 @@ Each configuration is one `edge build` on the command line, as a user runs it, t
 
     finetuned      --finetune                         (head, then the whole network)
     pruned-0.60    --finetune --prune-macs 0.6        (then distilled from the fine-tuned network)
+    pruned-0.60-uniform   the same with --prune-allocation uniform (every layer group cut alike)
     ...
 
 all `--int8 --target tflite,onnx,executorch`, calibrated on the first 500 photos of train/.
@@ -35,6 +36,7 @@ from lite0_imagenette import calibration_dir  # noqa: E402
 IMAGENETTE = SHARED / "imagenette"
 TARGETS = ("tflite", "onnx", "executorch")
 CONFIGS = {"finetuned": [], "pruned-0.60": ["--prune-macs", "0.6", "--distill-epochs", "2"],
+           "pruned-0.60-uniform": ["--prune-macs", "0.6", "--prune-allocation", "uniform", "--distill-epochs", "2"],
            "pruned-0.45": ["--prune-macs", "0.45", "--distill-epochs", "2"]}
 WARMUP = 20
 

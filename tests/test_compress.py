@@ -21,7 +21,7 @@ import torch
 
 import edge
 from edge import network, pruning
-from edge.errors import ParityError
+from edge.errors import ParityError, UserError
 from edge.models import MODELS
 from edge.targets import TARGETS
 
@@ -83,7 +83,9 @@ def test_prune_removes_the_channels_it_says_and_every_target_exports(digits, tmp
     assert now["features.3"] == was["features.3"] // 2 and now["features.6"] == was["features.6"]
     assert net.features[6].in_channels == now["features.3"]
     assert len(pr["steps"]) == 1 and pr["steps"][0]["refitted"] == 1 and pr["reconstruction"]["samples"] > 0
-    assert pr["steps"][0]["classifier"] is None  # its inputs are features.6's outputs, kept whole
+    head = pr["steps"][0]["classifier"]  # its inputs are features.6's outputs, kept whole; re-fitted on them,
+    assert head["inputs_cut"] is False and head["kept"] in ("old", "re-fitted")  # kept only if the loss fell
+    assert (head["kept"] == "re-fitted") == (head["held_out_loss"] < head["loss_before"])
     x = (torch.zeros(1, 1, 8, 8),)
     assert network.measure(net, x) == pr["after"] == di["after"]
     assert pr["after"]["macs"] < 0.6 * pr["before"]["macs"] and pr["after"]["params"] < pr["before"]["params"]
@@ -110,16 +112,55 @@ def test_prune_macs_meets_the_target_gradually(digits, tmp_path):
                    prune_macs="0.55", prune_steps=2, distill_epochs=1, out=str(tmp_path))
     pr = _stage(m, "prune")
     assert pr["after"]["macs"] <= 0.55 * pr["before"]["macs"] and pr["macs_target"] == int(0.55 * pr["before"]["macs"])
+    al = pr["allocation"]  # by default the sensitivity scan's
+    assert al["policy"] == "sensitivity" and set(al["ratios"]) == set(al["scan"]) and any(al["ratios"].values())
+    assert pr["ratio"] is None
     assert [s["step"] for s in pr["steps"]] == [1, 2]
     assert pr["steps"][0]["macs"] >= pr["steps"][1]["macs"]  # gradual (a network this small is at 16 channels at once)
     assert "recovery" in pr["steps"][0] and "recovery" not in pr["steps"][1]  # the last one's is distill's
     assert m["parity"]["passed"]
 
 
+def test_allocation_is_the_cheapest_that_meets_the_target():
+    """allocate: the per-group ratios with the least summed loss whose MACs saved reach the need,
+    the same as trying every combination."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    scan = {g: {r: {"loss": float(rng.uniform(0, 1) * r ** 2), "saved": int(rng.integers(1, 50) * 1000 * r * 4)}
+                for r in (0.25, 0.5, 0.75)} for g in "abcde"}
+    for needed in (30_000, 120_000, 300_000):
+        got = pruning.allocate(scan, needed)
+        options = [[(0.0, 0, 0.0)] + [(r, v["saved"], v["loss"]) for r, v in rows.items()] for rows in scan.values()]
+        best = min((c for c in itertools.product(*options) if sum(o[1] for o in c) >= needed),
+                   key=lambda c: sum(o[2] for o in c))
+        assert sum(scan[g][r]["loss"] for g, r in got.items() if r) == pytest.approx(sum(o[2] for o in best))
+        assert sum(scan[g][r]["saved"] for g, r in got.items() if r) >= needed
+    with pytest.raises(UserError, match="short of"):
+        pruning.allocate(scan, 10 ** 9)
+
+
+def test_sensitivity_spares_the_group_that_pruning_hurts():
+    """Of three blocks, two have half their inner channels at 0 (free to prune) and one has none
+    to spare: the scan finds the first two cheap and the allocation cuts there, not the third."""
+    net, x = _residual_net(), torch.randn(64, 3, 8, 8)
+    with torch.no_grad():
+        for b in (net[2], net[3]):  # channels whose expansion rows are 0 output a constant: free to cut
+            b.expand[0].weight[::2] = 0
+            b.expand[1].weight[::2] = 0
+    fit, score = [(x[i:i + 16],) for i in range(0, 32, 16)], [(x[i:i + 16],) for i in range(32, 64, 16)]
+    scan = pruning.sensitivity(net, (x[:2],), 10, fit, score, ["classification"], ratios=(0.5,))
+    assert set(scan) == {"1.expand.0", "2.expand.0", "3.expand.0"}
+    assert scan["1.expand.0"][0.5]["loss"] > 10 * max(scan["2.expand.0"][0.5]["loss"], scan["3.expand.0"][0.5]["loss"])
+    need = scan["2.expand.0"][0.5]["saved"] + scan["3.expand.0"][0.5]["saved"]
+    assert pruning.allocate(scan, need) == {"1.expand.0": 0.0, "2.expand.0": 0.5, "3.expand.0": 0.5}
+
+
 def test_distill_on_unlabelled_samples(digits, tmp_path):
-    """No --train: the pruned network distils on the --calib samples, labels optional."""
+    """No --train: the pruned network distils on the --calib samples, labels optional (10 passes: after the
+    classifier re-fit on the same samples, 1 pass of 11 steps no longer moves the KL)."""
     m = edge.build("digits_cnn", "onnx", weights=digits["weights"], calib=digits["calib"],
-                   eval=digits["eval"], prune=0.25, prune_steps=1, out=str(tmp_path))
+                   eval=digits["eval"], prune=0.5, prune_steps=1, distill_epochs=10, out=str(tmp_path))
     di = _stage(m, "distill")
     assert di["labelled"] is False and di["kl_to_teacher"]["after"] < di["kl_to_teacher"]["before"]
 
@@ -150,7 +191,11 @@ def _one_class(tmp_path, digits) -> str:
     (["--prune-macs", "50M"], ("--prune-macs", "already")),
     (["--prune", "0.3", "--prune-macs", "0.5"], ("not both",)),
     (["--prune", "0.8", "--prune-steps", "1"], ("--prune 0.8", "removed no channel")),
-    (["--prune-macs", "0.2"], ("--prune-macs", "cannot be reached", "least is 0.12 M")),
+    (["--prune-macs", "0.2", "--prune-allocation", "uniform"], ("--prune-macs", "cannot be reached",
+                                                                 "least is 0.12 M")),
+    (["--prune-macs", "0.05"], ("--prune-macs", "cannot be reached", "--prune-allocation uniform")),
+    (["--prune", "0.3", "--prune-allocation", "sensitivity"], ("--prune R", "--prune-macs")),
+    (["--prune-allocation", "uniform"], ("--prune-allocation", "--prune")),
     (["--distill-epochs", "2"], ("--distill-epochs", "--prune")),
     (["--prune-steps", "2"], ("--prune-steps", "--prune")),
     (["--finetune"], ("--finetune", "--train")),
