@@ -1,7 +1,7 @@
 """Progress for the steps that take more than a few seconds (loading an evaluation set, the
 reference pass, calibration, conversion, parity, QAT): tqdm's bar with its elapsed time on a
 terminal; on anything else (a CI log, a pipe), a plain line at the start and at the end with
-the elapsed time, and no carriage returns. Shown only when edge's log shows INFO (not with -q).
+the elapsed time, one with the count every PLAIN_EVERY seconds between, and no carriage returns. Shown only when edge's log shows INFO (not with -q).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Iterable, Iterator, TypeVar
 T = TypeVar("T")
 log = logging.getLogger("edge")
 MIN_ITEMS = 8  # fewer than this is over too soon to need a bar
+PLAIN_EVERY = 30.0  # seconds between the plain lines of a long loop
 
 
 def _shown() -> bool:
@@ -35,9 +36,14 @@ def bar(items: Iterable[T], desc: str | None, total: int | None = None, unit: st
                   dynamic_ncols=True) as t:
             yield from t
         return
-    start = time.perf_counter()
+    start = last = time.perf_counter()
     sys.stderr.write(f"edge: {desc}: {total} {_plural(unit)}\n")
-    yield from items
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= PLAIN_EVERY and i < total:  # a long loop says how far it is
+            sys.stderr.write(f"edge: {desc}: {i}/{total} ({now - start:.0f} s)\n")
+            last = now
     sys.stderr.write(f"edge: {desc}: done in {time.perf_counter() - start:.1f} s\n")
 
 

@@ -886,6 +886,33 @@ def test_progress_without_a_terminal_has_no_carriage_returns(tflite_build):
     assert "tflite int8: onnx2tf + TFLite converter" in p.stderr
 
 
+def test_a_long_loop_without_a_terminal_says_how_far_it_is(monkeypatch, capsys):
+    """Off a terminal, a loop longer than PLAIN_EVERY seconds gets a line with its count between the
+    start and end lines (a 48-trial pruning scan is minutes of silence otherwise)."""
+    import logging
+
+    from edge import progress
+
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    level = logging.getLogger("edge").level
+    logging.getLogger("edge").setLevel(logging.INFO)
+    try:
+        monkeypatch.setattr(progress, "PLAIN_EVERY", 0.0)
+        assert list(progress.bar(range(10), "scan", unit="trial")) == list(range(10))
+        monkeypatch.setattr(progress, "PLAIN_EVERY", 3600.0)
+        list(progress.bar(range(10), "quick"))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger("edge").setLevel(level)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("edge: scan:")]
+    assert lines[0] == "edge: scan: 10 trials" and lines[-1].startswith("edge: scan: done in"), err
+    assert [ln.split()[2] for ln in lines[1:-1]] == [f"{i}/10" for i in range(1, 10)], err
+    assert [ln for ln in err.splitlines() if ln.startswith("edge: quick:")][1].startswith("edge: quick: done"), err
+    assert "\r" not in err
+
+
 def test_onnx_calibration_shows_progress(tmp_path):
     p = run_edge("build", *TINY, "--target", "onnx", "--int8", "--out", tmp_path / "out")
     assert p.returncode == 0, p.stderr
