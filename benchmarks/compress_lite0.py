@@ -141,9 +141,10 @@ def main() -> None:
         for t in TARGETS:
             tests[f"{c}: {t} int8 vs its fp32"] = mcnemar(preds[f"{c} fp32"], preds[f"{c} {t}"], labels)
     base = a.configs[0]
-    for c in a.configs[1:]:
-        for t in ("fp32", *TARGETS):
-            tests[f"{c} vs {base}: {t}"] = mcnemar(preds[f"{base} {t}"], preds[f"{c} {t}"], labels)
+    for i, first in enumerate(a.configs):  # every pair of configurations
+        for c in a.configs[i + 1:]:
+            for t in ("fp32", *TARGETS):
+                tests[f"{c} vs {first}: {t}"] = mcnemar(preds[f"{first} {t}"], preds[f"{c} {t}"], labels)
     # latency: TFLite and ONNX of every configuration, one process, 1 thread, interleaved
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     arts = {f"{c} {t}": a.work / c / t / json.loads((a.work / c / t / "manifest.json").read_text())["artifact"]
@@ -174,7 +175,8 @@ def main() -> None:
     md += ["", f"Latency, paired ({a.runs} interleaved runs after {WARMUP} warm-up; median of per-run ratios, 95% "
            "bootstrap interval, Wilcoxon p):", "", "| comparison | ratio | 95% CI | Wilcoxon p |", "|---|---|---|---|"]
     md += [f"| {k} | {v['ratio']}x | {v['ci95'][0]}..{v['ci95'][1]} | {v['wilcoxon_p']:.2g} |" for k, v in speed.items()]
-    md += ["", "Builds:", ""] + [f"- {c}: `{builds[c].get('command', '(reused)')}`" for c in a.configs]
+    md += ["", "Builds:", ""] + [f"- {c}: `{builds[c].get('command', '(reused)')}`"
+                                 + (f" ({builds[c]['note']})" if builds[c].get("note") else "") for c in a.configs]
     save("compress_lite0", {"rows": rows, "accuracy_tests": tests, "p50_ms": p50, "latency_tests": speed,
                             "builds": builds, "runs": a.runs, "environment": env}, "\n".join(md) + "\n")
 
