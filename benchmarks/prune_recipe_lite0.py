@@ -60,10 +60,23 @@ def score(student, teacher, val) -> dict:
     return {"top1": round(100 * correct / n, 2), "agreement": round(100 * agree / n, 2), "kl_to_teacher": round(kl / n, 4)}
 
 
+def finetuned(reference: Path):
+    """(spec, the fine-tuned network, train, held-out) from a --finetune build's target folder:
+    imagenette/train in its class map, split as the prune and distill stages split it."""
+    from edge import training
+    from edge.verification import reference_model
+
+    m = json.loads((reference / "manifest.json").read_text())
+    spec, teacher = reference_model(m, folder=reference)
+    cmap = {int(k): v for k, v in next(s for s in m["stages"] if s["stage"] == "finetune")["class_map"].items()}
+    data = training.training_set(str(SHARED / "imagenette" / "train"), None, spec)
+    data = training.TrainSet(data.arrays, np.array([cmap[int(v)] for v in data.labels]), data.source, data.image)
+    return (spec, teacher, *training.split(data, 0.1, np.random.default_rng(0)))
+
+
 def main() -> None:
     from edge import pruning, training
     from edge.network import find_classifier, measure
-    from edge.verification import reference_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", type=Path, required=True, help="a --finetune build's target folder")
@@ -75,12 +88,7 @@ def main() -> None:
     old = RESULTS / "prune_recipe_lite0.json"
     kept = json.loads(old.read_text())["rows"] if old.is_file() else {}
     torch.manual_seed(0)
-    m = json.loads((a.reference / "manifest.json").read_text())
-    spec, teacher = reference_model(m, folder=a.reference)
-    cmap = {int(k): v for k, v in next(s for s in m["stages"] if s["stage"] == "finetune")["class_map"].items()}
-    data = training.training_set(str(SHARED / "imagenette" / "train"), None, spec)
-    data = training.TrainSet(data.arrays, np.array([cmap[int(v)] for v in data.labels]), data.source, data.image)
-    train, val = training.split(data, 0.1, np.random.default_rng(0))
+    spec, teacher, train, val = finetuned(a.reference)
     example = (torch.zeros(spec.inputs[0].shape),)
     full = measure(teacher, example)["macs"]
     rows = {**kept, "unpruned": {**score(teacher, teacher, val), "macs": full}}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import SHARED, environment, save  # noqa: E402
-from prune_recipe_lite0 import score  # noqa: E402
+from _common import environment, save  # noqa: E402
+from prune_recipe_lite0 import finetuned, score  # noqa: E402
 
 CLASSES = 10
 
@@ -47,10 +46,9 @@ def refit(student, teacher, train, val, n: int):
 
 
 def main() -> None:
-    from edge import pruning, training
+    from edge import pruning
     from edge.network import measure
     from edge.stages.prune import _allocate
-    from edge.verification import reference_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", type=Path, required=True)
@@ -58,12 +56,7 @@ def main() -> None:
     a = ap.parse_args()
     env = environment(threads=torch.get_num_threads())
     torch.manual_seed(0)
-    m = json.loads((a.reference / "manifest.json").read_text())
-    spec, teacher = reference_model(m, folder=a.reference)
-    cmap = {int(k): v for k, v in next(s for s in m["stages"] if s["stage"] == "finetune")["class_map"].items()}
-    data = training.training_set(str(SHARED / "imagenette" / "train"), None, spec)
-    data = training.TrainSet(data.arrays, np.array([cmap[int(v)] for v in data.labels]), data.source, data.image)
-    train, val = training.split(data, 0.1, np.random.default_rng(0))
+    spec, teacher, train, val = finetuned(a.reference)
     example = (torch.zeros(spec.inputs[0].shape),)
     full = measure(teacher, example)["macs"]
     teacher.eval()
