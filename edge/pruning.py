@@ -154,17 +154,27 @@ def _ignored(model: nn.Module, example, classes: int | None, keep_residual: bool
 
 
 def make_pruner(model: nn.Module, example: tuple[torch.Tensor, ...], ratio: float, steps: int, classes: int | None,
-                round_to: int = ROUND_TO, keep_residual: bool = KEEP_RESIDUAL, ratios: dict[str, float] | None = None):
+                round_to: int = ROUND_TO, keep_residual: bool = KEEP_RESIDUAL, ratios: dict[str, float] | None = None,
+                kept: list[str] | None = None):
     """A torch-pruning MetaPruner that removes `ratio` of each layer's channels over `steps` steps
     or, given `ratios` (a group's writing layer by name -> its ratio, as `allocate` gives), each
-    named group's share and nothing else."""
+    named group's share and nothing else. `kept`: the names of the layers kept whole, when the
+    caller already has them (`kept_whole`; finding them builds a dependency graph)."""
     tp = _tp()
     per_group = None
     if ratios is not None:
         ratio, per_group = 0.0, {model.get_submodule(n): r for n, r in ratios.items() if r > 0}
+    ignored = ([model.get_submodule(n) for n in kept] if kept is not None
+               else _ignored(model, example, classes, keep_residual))
     return tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                 pruning_ratio=ratio, pruning_ratio_dict=per_group, iterative_steps=steps,
-                                ignored_layers=_ignored(model, example, classes, keep_residual), round_to=round_to)
+                                ignored_layers=ignored, round_to=round_to)
+
+
+def kept_whole(model: nn.Module, example, classes: int | None, keep_residual: bool = KEEP_RESIDUAL) -> list[str]:
+    """The names of the layers pruning keeps whole (for `make_pruner(kept=)` on copies of `model`)."""
+    names = {m: n for n, m in model.named_modules()}
+    return [names[m] for m in _ignored(model, example, classes, keep_residual)]
 
 
 def prunable_groups(model: nn.Module, example, classes: int | None, keep_residual: bool = KEEP_RESIDUAL) -> list[str]:
@@ -199,11 +209,11 @@ def sensitivity(model: nn.Module, example, classes: int | None, fit: list[tuple]
     full = measure(model, example)["macs"]
     with torch.no_grad():
         targets = [model(*b) for b in score]
-    groups = prunable_groups(model, example, classes)
+    groups, kept = prunable_groups(model, example, classes), kept_whole(model, example, classes)
     out: dict[str, dict[float, dict]] = {g: {} for g in groups}
     for g, r in bar([(g, r) for g in groups for r in ratios], progress, unit="trial"):
         student = copy.deepcopy(model)
-        make_pruner(student, example, 0.0, 1, classes, ratios={g: r}).step()
+        make_pruner(student, example, 0.0, 1, classes, ratios={g: r}, kept=kept).step()
         reconstruct(student, model, fit)
         if after is not None:
             after(student)

@@ -176,7 +176,7 @@ class Prune(Stage):
                     training.reestimate_bn(student, train)
                 entry["recovery"] = {"steps": n, "held_out_loss": r.checks}
             history.append(entry)
-        if after["macs"] >= before["macs"]:
+        if c.prune is not None and after["macs"] >= before["macs"]:  # a MACs target is checked below
             raise UserError(f"--prune {c.prune:g} removed no channel: with channel counts in multiples of "
                             f"{pruning.ROUND_TO}, every layer would fall to 0 and is left whole; give a smaller ratio")
         if target is not None and after["macs"] > target:
