@@ -1,8 +1,8 @@
-"""`edge bench --profile` on the ONNX and ExecuTorch artifacts of MobileNetV2, ResNet18 and
+"""`edge bench --profile` on the TFLite, ONNX and ExecuTorch artifacts of MobileNetV2, ResNet18 and
 EfficientNet-Lite0, fp32 and int8, at 1 thread: does the sum of the per-operator times account for
 the measured p50 (the issue's bar: within 15%)? Each artifact in a fresh process, as `edge bench`
-runs it: --runs timed runs (unprofiled), then as many under the runtime's profiler (onnxruntime's;
-ExecuTorch's ETDump), each alternating with an unprofiled run. The artifacts are
+runs it: --runs timed runs (unprofiled), then as many under the runtime's profiler (LiteRT's for
+TFLite; onnxruntime's; ExecuTorch's ETDump), each alternating with an unprofiled run. The artifacts are
 benchmarks/tflite_vs_onnx.py's builds where it has run (same folders and options), else built here.
 
     python benchmarks/profile_sum.py [--runs 100] [--work DIR]
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "sweeps" / "tflite-vs-onnx")
     a = ap.parse_args()
-    folders = [a.work / m / p / t for m in MODELS for p in ("fp32", "int8") for t in ("onnx", "executorch")]
+    folders = [a.work / m / p / t for m in MODELS for p in ("fp32", "int8") for t in ("tflite", "onnx", "executorch")]
     for f in folders:  # reused when there (benchmarks/tflite_vs_onnx.py's builds), else built
         build_one(f.parent.parent.name, f.name, f.parent.name, f.parent)
     results = bench([str(f) for f in folders], threads=1, runs=a.runs, warmup=10, progress=False, profile=True)
@@ -42,13 +42,14 @@ def main() -> None:
     env = environment(threads=1)
     md = ["# `edge bench --profile`: the operators' times against the measured p50 (`benchmarks/profile_sum.py`)", "",
           f"Machine: {env['machine']['processor']}, {env['machine']['cpu_count']} cores, load average at start "
-          f"{env['load_average_at_start']}; git {env['git_commit']}; onnxruntime {env['versions'].get('onnxruntime')}, "
+          f"{env['load_average_at_start']}; git {env['git_commit']}; {env['versions'].get('tflite_interpreter')}, "
+          f"onnxruntime {env['versions'].get('onnxruntime')}, "
           f"executorch {env['versions'].get('executorch')}, 1 thread, each artifact in a fresh process: {a.runs} timed "
           f"runs (p50), then {a.runs} profiled runs each "
           "alternating with an unprofiled one (interleaved p50). Operator sum: the median over the profiled runs of "
-          "the sum of every node's kernel time (onnxruntime) or of every operator event (ETDump: XNNPACK's operators "
-          "inside the delegate); profiled run: the median of the runtime's own span of a run (onnxruntime's "
-          "model_run, ETDump's Method::execute).", "",
+          "the sum of every node's kernel time (onnxruntime) or of every operator event (LiteRT's profiler and ETDump: "
+          "XNNPACK's operators inside the delegate, the interpreter's nodes outside it); profiled run: the median of "
+          "the runtime's own span of a run (LiteRT's Invoke, onnxruntime's model_run, ETDump's Method::execute).", "",
           "| artifact | nodes | p50 ms | interleaved p50 ms | operator sum ms | sum / interleaved p50 | profiled run ms | "
           "top op types |", "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['artifact']} | {r['nodes']} | {r['p50_ms']:.3f} | {r['p50_interleaved_ms']:.3f} | {r['sum_ms']:.3f} | "

@@ -159,7 +159,7 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--input-shape", type=_shape, metavar="[NAME=]SHAPE",
                     help="input shape for an artifact without a manifest: a .ptl, or one with dynamic dims")
     be.add_argument("--profile", action="store_true", help="then as many runs again under the runtime's "
-                    "per-operator profiler (onnxruntime; ExecuTorch's ETDump): time by op type and by node, in the "
+                    "per-operator profiler (TFLite: LiteRT's; onnxruntime's; ExecuTorch's ETDump): time by op type and by node, in the "
                     "table and the JSON")
     _json_arg(be, "the results and the machine fingerprint")
     g = be.add_argument_group("on a device")

@@ -224,7 +224,7 @@ def test_bench_build_folder(fp32_build, tmp_path, capsys):
 def test_bench_profile(fp32_build, capsys):
     """--profile: onnxruntime's per-node kernel times over as many runs again, by op type, block
     and node (with the PyTorch module the exporter's name gives), and how their sum compares with
-    the unprofiled p50; ExecuTorch's ETDump likewise; a runtime without a profiler says so instead."""
+    the unprofiled p50; LiteRT's profiler for TFLite and ExecuTorch's ETDump likewise."""
     from edge.cli import main
 
     onnx, tflite = bench([str(fp32_build / "onnx"), str(fp32_build / "tflite")], threads=1, runs=5, warmup=1,
@@ -236,7 +236,13 @@ def test_bench_profile(fp32_build, capsys):
     assert abs(sum(o["share"] for o in ops.values()) - 1) < 1e-3
     assert p["sum_ms"] > 0 and p["sum_vs_p50"] == round(p["sum_ms"] / p["p50_interleaved_ms"], 3)
     assert any(n["module"] for n in p["by_node"]) and p["by_block"]
-    assert tflite["profile"] == {"available": False, "why": runner.NO_PROFILER["tflite"]}
+    # TFLite: LiteRT's profiler, XNNPACK's own operators inside the delegate, each run's Invoke as its time
+    p = tflite["profile"]
+    assert p["available"] and p["runs"] == 5 and "LiteRT" in p["source"], p
+    ops = {o["op"]: o for o in p["by_op_type"]}
+    assert any(op.startswith("Convolution") for op in ops) and "Invoke" not in ops, ops
+    assert all(n["node"].startswith("XNNPACK #") for n in p["by_node"]), p["by_node"]
+    assert 0 < p["sum_ms"] <= p["run_ms"] * 1.001 and p["sum_vs_p50"] == round(p["sum_ms"] / p["p50_interleaved_ms"], 3)
     # ExecuTorch: ETDump, with XNNPACK's own operators inside the delegate (no module scopes in their names)
     (pte,) = bench([str(fp32_build / "executorch")], threads=1, runs=5, warmup=1, progress=False, profile=True)
     p = pte["profile"]
@@ -249,6 +255,30 @@ def test_bench_profile(fp32_build, capsys):
     assert main(["bench", str(fp32_build / "onnx"), "--threads", "1", "--runs", "3", "--profile", "-q"]) == 0
     out = capsys.readouterr().out
     assert "operators sum to" in out and "op type" in out and "PyTorch module" in out
+
+
+def test_tflite_profile_outside_the_delegate(tmp_path):
+    """An op XNNPACK does not take (CUMSUM) runs on the interpreter's kernel: the profile names it
+    as that node beside XNNPACK's operators, and a tflite-runtime-style interpreter without
+    LiteRT says why there is no profile."""
+    tf = pytest.importorskip("tensorflow")
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 64, 64], tf.float32, name="x")])
+    def f(x):
+        return tf.math.cumsum(x * 2.0 + 1.0, axis=1)
+
+    path = tmp_path / "mixed.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f).convert())
+    (r,) = bench([str(path)], threads=1, runs=3, warmup=1, progress=False, profile=True)
+    p = r["profile"]
+    assert p["available"], p
+    nodes = {n["node"]: n["op"] for n in p["by_node"]}
+    assert nodes.get("CUMSUM #2") == "CUMSUM" and "Multiply (ND)" in nodes.values(), nodes
+    backend = runner.TFLiteBackend(1, None)
+    backend.load(path)
+    backend.name = "tflite-runtime"
+    assert backend.profile({0: np.zeros((1, 64, 64), np.float32)}, 2) == {"available": False,
+                                                                         "why": runner.NO_PROFILER["tflite"]}
 
 
 def test_profile_module_names():

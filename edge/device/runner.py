@@ -197,6 +197,7 @@ class TFLiteBackend:
                        f"(or tflite-runtime) [{'; '.join(reasons)}]")
 
     def load(self, path: Path) -> None:
+        self.path = path
         try:
             self.interp = self._interpreter(path, builtin=False)
         except Exception as e:  # noqa: BLE001 - the interpreters raise ValueError or RuntimeError
@@ -241,6 +242,49 @@ class TFLiteBackend:
 
     def precision(self) -> str:
         return _precision(np.dtype(d["dtype"]) for d in self.interp.get_tensor_details())
+
+    def profile(self, feeds: dict[int, np.ndarray], runs: int) -> dict:
+        """TFLite's own op profiling, as benchmark_model --enable_op_profiling gives it: the
+        interpreter's Python API has none, so a second copy of the model runs in LiteRT's
+        CompiledModel (the C API of the libLiteRt.so that ai-edge-litert ships; same XNNPACK, same
+        threads) with its runtime profiler on. Inside the XNNPACK delegate the events are
+        XNNPACK's own operators; ops left outside it are the interpreter's nodes. Each profiled
+        run alternates with a timed run of the unprofiled interpreter, as for onnxruntime."""
+        if self.name != "ai-edge-litert":
+            return {"available": False, "why": NO_PROFILER["tflite"]}
+        try:
+            lrt = _LiteRt(self.path, self.threads or 1)
+        except (OSError, AttributeError, RunnerError) as e:  # no libLiteRt.so, an older one, or it refused
+            return {"available": False, "why": f"{NO_PROFILER['tflite']} ({_first_line(e)})"}
+        try:
+            order = [next(i for i, d in enumerate(self.ins) if d["name"] == name) for name in lrt.input_names]
+            lrt.write([np.ascontiguousarray(feeds[slot]) for slot in order])
+            plain, timed, per_run, run_ms = self.bind(feeds), [], [], []
+            lrt.run([])
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                plain()
+                timed.append((time.perf_counter() - t0) * 1e3)
+                events = []
+                lrt.run(events)
+                ops: dict[tuple, float] = {}
+                for tag, kind, ms, index in events:
+                    if kind == "run":
+                        run_ms.append(ms)
+                    elif kind == "op":  # an interpreter node (outside any delegate): op name, node index
+                        ops[(f"{tag} #{index}", tag)] = ops.get((f"{tag} #{index}", tag), 0.0) + ms
+                    else:  # an operator inside the XNNPACK delegate: XNNPACK's name, its index there
+                        ops[(f"XNNPACK #{index}", tag)] = ops.get((f"XNNPACK #{index}", tag), 0.0) + ms
+                per_run.append(ops)
+        except (StopIteration, RunnerError) as e:
+            why = "the model's inputs differ between the interpreter and LiteRT" if isinstance(e, StopIteration) \
+                else _first_line(e)
+            return {"available": False, "why": f"LiteRT's profiler could not run this model: {why}"}
+        finally:
+            lrt.close()
+        return aggregate_profile(per_run, run_ms, f"LiteRT {self.version} CompiledModel profiler (XNNPACK's operators "
+                                 "inside the delegate, microsecond resolution)") | {
+            "p50_interleaved_ms": summarize(timed)["p50"]}
 
 
 class OrtBackend:
@@ -504,6 +548,156 @@ class PteBackend:
 
 
 BACKENDS = {b.format: b for b in (TFLiteBackend, OrtBackend, LiteBackend, PteBackend)}
+
+
+class _LiteRt:
+    """A .tflite in LiteRT's CompiledModel with the runtime profiler on, through the C API of the
+    libLiteRt.so inside the ai-edge-litert wheel (ctypes; the symbols are versioned VERS_1.0).
+    Options go in as LiteRT's opaque TOML payloads: "xnnpack" (num_threads) and
+    "runtime_options_string" (enable_profiling), the identifiers the runtime reads."""
+
+    CPU, WRITE = 1, 1  # kLiteRtHwAcceleratorCpu, kLiteRtTensorBufferLockModeWrite
+    # tflite::Profiler::EventType: a whole invoke, an interpreter node, a delegate's own operator
+    DEFAULT, OPERATOR, DELEGATE_OPERATOR, DELEGATE_PROFILED_OPERATOR = 1, 2, 4, 8
+
+    def __init__(self, path: Path, threads: int):
+        import ctypes as C
+
+        import ai_edge_litert
+
+        self.C, P = C, C.c_void_p
+        lib = self.lib = C.CDLL(str(Path(ai_edge_litert.__file__).parent / "libLiteRt.so"))
+        sigs = {"LiteRtCreateEnvironment": [C.c_int, P, C.POINTER(P)],
+                "LiteRtCreateModelFromFile": [P, C.c_char_p, C.POINTER(P)],
+                "LiteRtCreateOptions": [C.POINTER(P)], "LiteRtSetOptionsHardwareAccelerators": [P, C.c_int],
+                "LiteRtCreateOpaqueOptions": [C.c_char_p, P, P, C.POINTER(P)], "LiteRtAddOpaqueOptions": [P, P],
+                "LiteRtCreateCompiledModel": [P, P, P, C.POINTER(P)],
+                "LiteRtGetModelSignature": [P, C.c_size_t, C.POINTER(P)],
+                "LiteRtGetNumSignatureInputs": [P, C.POINTER(C.c_size_t)],
+                "LiteRtGetNumSignatureOutputs": [P, C.POINTER(C.c_size_t)],
+                "LiteRtGetSignatureInputTensorByIndex": [P, C.c_size_t, C.POINTER(P)],
+                "LiteRtGetSignatureOutputTensorByIndex": [P, C.c_size_t, C.POINTER(P)],
+                "LiteRtGetTensorName": [P, C.POINTER(C.c_char_p)], "LiteRtGetRankedTensorType": [P, P],
+                "LiteRtGetCompiledModelInputBufferRequirements": [P, C.c_size_t, C.c_size_t, C.POINTER(P)],
+                "LiteRtGetCompiledModelOutputBufferRequirements": [P, C.c_size_t, C.c_size_t, C.POINTER(P)],
+                "LiteRtGetTensorBufferRequirementsBufferSize": [P, C.POINTER(C.c_size_t)],
+                "LiteRtCreateManagedTensorBufferFromRequirements": [P, P, P, C.POINTER(P)],
+                "LiteRtLockTensorBuffer": [P, C.POINTER(P), C.c_int], "LiteRtUnlockTensorBuffer": [P],
+                "LiteRtRunCompiledModel": [P, C.c_size_t, C.c_size_t, P, C.c_size_t, P],
+                "LiteRtCompiledModelGetProfiler": [P, C.POINTER(P)],
+                "LiteRtStartProfiler": [P], "LiteRtStopProfiler": [P], "LiteRtResetProfiler": [P],
+                "LiteRtGetNumProfilerEvents": [P, C.POINTER(C.c_int)], "LiteRtGetProfilerEvents": [P, C.c_int, P]}
+        for name, args in sigs.items():
+            getattr(lib, name).argtypes = args
+        for name in ("LiteRtDestroyTensorBuffer", "LiteRtDestroyCompiledModel", "LiteRtDestroyModel",
+                     "LiteRtDestroyOptions", "LiteRtDestroyEnvironment"):
+            getattr(lib, name).argtypes, getattr(lib, name).restype = [P], None
+        self.handles: list[tuple[str, object]] = []  # destroyed in reverse order
+        with _quiet_stderr():  # LiteRT logs every accelerator it looks for at INFO
+            env = self._make("LiteRtCreateEnvironment", 0, None, destroy="LiteRtDestroyEnvironment")
+            model = self._make("LiteRtCreateModelFromFile", env, str(path).encode(), destroy="LiteRtDestroyModel")
+            opts = self._make("LiteRtCreateOptions", destroy="LiteRtDestroyOptions")
+            self._check(lib.LiteRtSetOptionsHardwareAccelerators(opts, self.CPU), "select the CPU")
+            for ident, toml in (("xnnpack", f"num_threads = {threads}\n"),
+                                ("runtime_options_string", "enable_profiling = true\n")):
+                libc = C.CDLL(None)
+                libc.strdup.restype, libc.strdup.argtypes = P, [C.c_char_p]
+                payload = libc.strdup(toml.encode())  # the runtime owns it and frees it with free()
+                opaque = self._make("LiteRtCreateOpaqueOptions", ident.encode(), payload, C.cast(libc.free, P))
+                self._check(lib.LiteRtAddOpaqueOptions(opts, opaque), f"add the {ident} options")
+            self.model = self._make("LiteRtCreateCompiledModel", env, model, opts, destroy="LiteRtDestroyCompiledModel")
+        sig = self._make("LiteRtGetModelSignature", model, 0)
+        self.input_names, self.sizes, bufs = [], [], {}
+        for io in ("Input", "Output"):
+            n = C.c_size_t()
+            self._check(getattr(lib, f"LiteRtGetNumSignature{io}s")(sig, C.byref(n)), "count the tensors")
+            arr = (P * n.value)()
+            for i in range(n.value):
+                tensor = self._make(f"LiteRtGetSignature{io}TensorByIndex", sig, i)
+                ranked = C.create_string_buffer(512)  # LiteRtRankedTensorType, passed back as it came
+                self._check(lib.LiteRtGetRankedTensorType(tensor, ranked), "read a tensor type")
+                req = self._make(f"LiteRtGetCompiledModel{io}BufferRequirements", self.model, 0, i)
+                arr[i] = self._make("LiteRtCreateManagedTensorBufferFromRequirements", env, ranked, req,
+                                    destroy="LiteRtDestroyTensorBuffer")
+                if io == "Input":
+                    name, size = C.c_char_p(), C.c_size_t()
+                    self._check(lib.LiteRtGetTensorName(tensor, C.byref(name)), "read a tensor name")
+                    self._check(lib.LiteRtGetTensorBufferRequirementsBufferSize(req, C.byref(size)), "size a buffer")
+                    self.input_names.append(name.value.decode())
+                    self.sizes.append(size.value)
+            bufs[io] = arr
+        self.ins, self.outs = bufs["Input"], bufs["Output"]
+        self.profiler = self._make("LiteRtCompiledModelGetProfiler", self.model)
+
+        class Event(C.Structure):  # ProfiledEventData (litert_profiler_event.h): 104 bytes on 64-bit
+            _fields_ = [("tag", C.c_char_p), ("event_type", C.c_int), ("start_us", C.c_uint64),
+                        ("elapsed_us", C.c_uint64), ("memory", C.c_int64 * 6), ("metadata1", C.c_uint64),
+                        ("metadata2", C.c_uint64), ("source", C.c_int)]
+        self.Event = Event
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            raise RunnerError(f"LiteRT could not {what} (status {status})")
+
+    def _make(self, fn: str, *args, destroy: str | None = None):
+        out = self.C.c_void_p()
+        self._check(getattr(self.lib, fn)(*args, self.C.byref(out)), fn[len("LiteRt"):])
+        if destroy:
+            self.handles.append((destroy, out))
+        return out
+
+    def write(self, arrays: list) -> None:
+        for buf, x, size in zip(self.ins, arrays, self.sizes):
+            if x.nbytes != size:
+                raise RunnerError(f"an input of {x.nbytes} bytes for a LiteRT buffer of {size}")
+            addr = self.C.c_void_p()
+            self._check(self.lib.LiteRtLockTensorBuffer(buf, self.C.byref(addr), self.WRITE), "lock an input")
+            self.C.memmove(addr, x.ctypes.data, size)
+            self._check(self.lib.LiteRtUnlockTensorBuffer(buf), "unlock an input")
+
+    def run(self, events: list) -> None:
+        """One run under the profiler; appends (tag, "run"|"op"|"delegate", ms, index) to events."""
+        lib, C = self.lib, self.C
+        lib.LiteRtResetProfiler(self.profiler)
+        lib.LiteRtStartProfiler(self.profiler)
+        status = lib.LiteRtRunCompiledModel(self.model, 0, len(self.ins), self.ins, len(self.outs), self.outs)
+        lib.LiteRtStopProfiler(self.profiler)
+        self._check(status, "run the model")
+        n = C.c_int()
+        self._check(lib.LiteRtGetNumProfilerEvents(self.profiler, C.byref(n)), "count the profile's events")
+        if n.value == 0:
+            return
+        buf = (self.Event * n.value)()
+        self._check(lib.LiteRtGetProfilerEvents(self.profiler, n.value, buf), "read the profile's events")
+        kinds = {self.OPERATOR: "op", self.DELEGATE_OPERATOR: "delegate", self.DELEGATE_PROFILED_OPERATOR: "delegate"}
+        for e in buf:
+            tag = (e.tag or b"?").decode(errors="replace")
+            if e.event_type not in (self.DEFAULT, *kinds) or e.elapsed_us > 3.6e9:
+                continue  # telemetry and runtime-instrumentation events carry no time
+            if e.event_type == self.DEFAULT:
+                if tag == "Invoke":
+                    events.append((tag, "run", e.elapsed_us / 1e3, None))
+                continue  # LiteRT's buffer registration and sync around the invoke
+            events.append((tag, kinds[e.event_type], e.elapsed_us / 1e3, int(e.metadata1)))
+
+    def close(self) -> None:
+        for fn, handle in reversed(self.handles):
+            getattr(self.lib, fn)(handle)
+        self.handles = []
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for the block: native libraries that log there."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def _precision(dtypes) -> str:
@@ -929,8 +1123,8 @@ def print_top5(rows: list[dict], photo: str) -> None:
 # ---------------------------------------------------------------- measurement
 
 NO_PROFILER = {
-    "tflite": "the TFLite Python interpreter (ai-edge-litert, tflite-runtime) has no per-operator profiler; "
-              "TFLite's benchmark_model --enable_op_profiling=true has one",
+    "tflite": "TFLite's per-operator profile needs ai-edge-litert (its LiteRT runtime has the profiler; "
+              "tflite-runtime's and TensorFlow's Python interpreters have none): pip install ai-edge-litert",
     "ptl": "the lite interpreter has no per-operator profiler here",
     "pte-numpy": "executorch-numpy-runtime has no ETDump; ExecuTorch's own runtime (pip install executorch) "
                  "profiles .pte",
@@ -1111,7 +1305,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                          ".npz by output name for several")
     p.add_argument("--json", help="also write the JSON result to this file")
     p.add_argument("--profile", action="store_true", help="then --runs more runs under the runtime's per-operator "
-                                                          "profiler (onnxruntime, ExecuTorch's ETDump): time by op "
+                                                          "profiler (LiteRT's for .tflite, onnxruntime's, ExecuTorch's ETDump): time by op "
                                                           "type and by node")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     a = p.parse_args(argv)
