@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup sysdeps runner-venvs run test test-slow test-all test-device bench clean
+.PHONY: setup sysdeps runner-venvs venv-litert-torch run test test-slow test-all test-device bench clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,16 @@ runner-venvs: $(addsuffix /.installed,$(RUNNER_VENVS))
 .venv-runner-%/.installed: requirements-runner-%.txt
 	test -x .venv-runner-$*/bin/python || $(PY) -m venv .venv-runner-$*
 	.venv-runner-$*/bin/pip install --quiet -r $<
+	touch $@
+
+# litert-torch, the reference converter of benchmarks/litert_torch_compare.py, in its own venv: it
+# pins typing_extensions 4.12 and brings jax and transformers (about 1 GB), which the main venv
+# must not take. edge goes in with --no-deps, for its model definitions.
+venv-litert-torch: .venv-litert-torch/.installed
+.venv-litert-torch/.installed: requirements-litert-torch.txt pyproject.toml
+	test -x .venv-litert-torch/bin/python || $(PY) -m venv .venv-litert-torch
+	.venv-litert-torch/bin/pip install --quiet -r $<
+	.venv-litert-torch/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 # ExecuTorch's torch-free runtime needs Python >= 3.12: that venv is made only where python3.12 exists.
@@ -90,4 +100,4 @@ bench: setup
 	$(BIN)/python benchmarks/qat_trajectory.py --epochs 8 --range-init none --tag moving-minmax
 
 clean:
-	rm -rf $(VENV) $(RUNNER_VENVS) out build *.egg-info
+	rm -rf $(VENV) $(RUNNER_VENVS) .venv-litert-torch out build *.egg-info
