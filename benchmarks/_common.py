@@ -70,6 +70,39 @@ def interleaved_times(calls: dict, runs: int, warmup: int) -> tuple[dict, dict]:
     return times, {n: round(1e3 * float(np.median(times[n])), 3) for n in names}
 
 
+def cli_build(out: Path, args: list[str], targets) -> dict:
+    """`edge build ARGS --out OUT` on the command line, as a user runs it, timed end to end, its
+    command and seconds written to OUT/build.json; a build whose every target has its manifest is
+    not built again (build.json read back)."""
+    import sys
+    import time
+
+    if all((out / t / "manifest.json").is_file() for t in targets):
+        return json.loads((out / "build.json").read_text()) if (out / "build.json").is_file() else {}
+    cmd = [str(Path(sys.executable).parent / "edge"), "build", *args, "--out", str(out)]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    info = {"command": " ".join(["edge", *cmd[1:]]), "seconds": round(time.perf_counter() - t0, 1)}
+    (out / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def accuracy_table(tests: dict) -> list[str]:
+    """Markdown rows of paired accuracy tests ({"b vs a": compress_lite0.mcnemar(a, b, labels)})."""
+    return ["Paired accuracy (McNemar's exact test; 95% bootstrap interval of b - a):", "",
+            "| b vs a | b - a (pp) | 95% CI | McNemar p | only a right | only b right |", "|---|---|---|---|---|---|"] + [
+        f"| {k} | {v['diff_pp']:+.2f} | {v['ci95_pp'][0]:+.2f}..{v['ci95_pp'][1]:+.2f} | {v['mcnemar_p']:.3g} | "
+        f"{v['only_a_right']} | {v['only_b_right']} |" for k, v in tests.items()]
+
+
+def latency_table(speed: dict, runs: int, warmup: int) -> list[str]:
+    """Markdown rows of paired latency ratios ({"b vs a": paired_times(a, b)})."""
+    return [f"Latency, paired ({runs} interleaved runs after {warmup} warm-up; median of per-run ratios, 95% "
+            "bootstrap interval, Wilcoxon p):", "", "| comparison | ratio | 95% CI | Wilcoxon p |", "|---|---|---|---|"] + [
+        f"| {k} | {v['ratio']}x | {v['ci95'][0]}..{v['ci95'][1]} | {v['wilcoxon_p']:.2g} |" for k, v in speed.items()]
+
+
 def save(name: str, data: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import SHARED, environment, interleaved_times, paired_times, save  # noqa: E402
+from _common import SHARED, accuracy_table, cli_build, environment, interleaved_times, latency_table  # noqa: E402
+from _common import paired_times, save  # noqa: E402
 from lite0_imagenette import calibration_dir  # noqa: E402
 
 IMAGENETTE = SHARED / "imagenette"
@@ -42,19 +41,9 @@ WARMUP = 20
 
 
 def build(name: str, work: Path, calib: Path) -> dict:
-    out = work / name
-    if all((out / t / "manifest.json").is_file() for t in TARGETS):
-        return json.loads((out / "build.json").read_text()) if (out / "build.json").is_file() else {}
-    edge = Path(sys.executable).parent / "edge"
-    cmd = [str(edge), "build", "--model", "efficientnet_lite0", "--int8", "--target", ",".join(TARGETS),
-           "--finetune", "--train", str(IMAGENETTE / "train"), "--eval", str(IMAGENETTE / "eval"),
-           "--calib", str(calib), "--out", str(out), *CONFIGS[name]]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    info = {"command": " ".join(["edge", *cmd[1:]]), "seconds": round(time.perf_counter() - t0, 1)}
-    (out / "build.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    return cli_build(work / name, ["--model", "efficientnet_lite0", "--int8", "--target", ",".join(TARGETS), "--finetune",
+                                   "--train", str(IMAGENETTE / "train"), "--eval", str(IMAGENETTE / "eval"),
+                                   "--calib", str(calib), *CONFIGS[name]], TARGETS)
 
 
 def stage_figures(m: dict) -> dict:
@@ -168,13 +157,7 @@ def main() -> None:
                   f"{r['params'] / 1e6:.2f} | {r['artifact']} | "
                   f"{size} | {r['top1']:.2f} | "
                   f"{p50.get(n, '-')} |")
-    md += ["", "Paired accuracy (McNemar's exact test; 95% bootstrap interval of b - a):", "",
-           "| a vs b | b - a (pp) | 95% CI | McNemar p | only a right | only b right |", "|---|---|---|---|---|---|"]
-    md += [f"| {k} | {v['diff_pp']:+.2f} | {v['ci95_pp'][0]:+.2f}..{v['ci95_pp'][1]:+.2f} | {v['mcnemar_p']:.3g} | "
-           f"{v['only_a_right']} | {v['only_b_right']} |" for k, v in tests.items()]
-    md += ["", f"Latency, paired ({a.runs} interleaved runs after {WARMUP} warm-up; median of per-run ratios, 95% "
-           "bootstrap interval, Wilcoxon p):", "", "| comparison | ratio | 95% CI | Wilcoxon p |", "|---|---|---|---|"]
-    md += [f"| {k} | {v['ratio']}x | {v['ci95'][0]}..{v['ci95'][1]} | {v['wilcoxon_p']:.2g} |" for k, v in speed.items()]
+    md += ["", *accuracy_table(tests), "", *latency_table(speed, a.runs, WARMUP)]
     md += ["", "Builds:", ""] + [f"- {c}: `{builds[c].get('command', '(reused)')}`"
                                  + (f" ({builds[c]['note']})" if builds[c].get("note") else "") for c in a.configs]
     save("compress_lite0", {"rows": rows, "accuracy_tests": tests, "p50_ms": p50, "latency_tests": speed,

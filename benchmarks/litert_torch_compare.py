@@ -18,7 +18,6 @@ The edge builds are benchmarks/tflite_vs_onnx.py's (same folders), built here wh
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from collections import Counter
