@@ -5,7 +5,7 @@ what the cut costs as 1000-way top-1 on ../shared/data/imagenet-sample (750 labe
 Two `edge build`s on the command line, as a user runs them, timed end to end:
 
     lite0-1000            --int8                                  (the unpruned network)
-    lite0-1000-pruned     --int8 --prune-macs 0.7 --distill-epochs 2
+    lite0-1000-pruned     --int8 --prune 0.3 --distill-epochs 2   (30% of each prunable group's channels)
 
 both `--target tflite,onnx` with `--calib` a folder of unlabelled photos: the 250 unlabelled photos
 of the ImageNet sample and 1,750 of imagenette/train drawn at random (seed 0), as symlinks. With no
@@ -34,7 +34,7 @@ from compress_lite0 import mcnemar  # noqa: E402
 
 IMAGENETTE = SHARED / "imagenette"
 TARGETS = ("tflite", "onnx")
-CONFIGS = {"lite0-1000": [], "lite0-1000-pruned": ["--prune-macs", "0.7", "--distill-epochs", "2"]}
+CONFIGS = {"lite0-1000": [], "lite0-1000-pruned": ["--prune", "0.3", "--distill-epochs", "2"]}
 WARMUP = 20
 
 
