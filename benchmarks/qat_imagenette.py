@@ -17,7 +17,7 @@ The labelled recipe sees labels of imagenette's 10 classes only; a gain on image
 does not hold on the ImageNet sample's 150 classes would be that bias, not quantization, which is
 why both sets are scored.
 
-    python benchmarks/qat_imagenette.py [--max-steps 100] [--work DIR]
+    python benchmarks/qat_imagenette.py [--max-steps 100] [--work DIR] [--configs ptq qat-distill ...]
 """
 from __future__ import annotations
 
@@ -63,11 +63,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-steps", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "sweeps" / "qat-imagenette")
+    ap.add_argument("--configs", nargs="+", default=["ptq", "qat-distill", "qat-labelled"],
+                    choices=["ptq", "qat-distill", "qat-labelled"], help="ptq first")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     calib = calibration(a.work / "calib500")
     steps = ["--qat", "--max-steps", str(a.max_steps)]
-    configs = {"ptq": [], "qat-distill": steps, "qat-labelled": [*steps, "--train", str(IMAGENETTE / "train")]}
+    every = {"ptq": [], "qat-distill": steps, "qat-labelled": [*steps, "--train", str(IMAGENETTE / "train")]}
+    configs = {c: every[c] for c in a.configs}
     builds = {c: build(c, extra, a.work, calib) for c, extra in configs.items()}
     pre = MODELS.get("efficientnet_lite0").preprocess
     sets = {"imagenette-eval": load_labelled(IMAGENETTE / "eval"), "imagenet-sample": load_labelled(IMAGENET_SAMPLE)}
@@ -82,7 +85,7 @@ def main() -> None:
                 rows.append({"set": sname, "config": c, "artifact": t, "photos": len(labels),
                              "top1": round(100 * float((preds[c][t] == labels).mean()), 2)})
         for t in TARGETS:
-            for q in ("qat-distill", "qat-labelled"):
+            for q in [c for c in configs if c != "ptq"]:
                 tests[f"{sname}: {t} {q} vs ptq"] = mcnemar(preds["ptq"][t], preds[q][t], labels)
             for c in configs:
                 tests[f"{sname}: {t} {c} vs fp32"] = mcnemar(preds["ptq"]["fp32"], preds[c][t], labels)
