@@ -56,7 +56,7 @@ def stage_figures(m: dict) -> dict:
             "stage_seconds": {k: v.get("seconds") for k, v in stages.items() if v.get("seconds") is not None}}
 
 
-def predictions(out: Path, x) -> dict:
+def predictions(out: Path, x, targets=TARGETS) -> dict:
     """Top-1 per photo: each artifact in its runtime, and the fp32 network it was built from."""
     import numpy as np
 
@@ -65,7 +65,7 @@ def predictions(out: Path, x) -> dict:
     from edge.verification import reference_model
 
     preds = {}
-    for t in TARGETS:
+    for t in targets:
         m = json.loads((out / t / "manifest.json").read_text())
         y = REG.get(t).load(out / t / m["artifact"], m).run(x)
         preds[t] = np.argmax(next(iter(y.values())), 1)

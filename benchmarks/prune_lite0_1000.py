@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import IMAGENET_SAMPLE, SHARED, accuracy_table, cli_build, environment, interleaved_times  # noqa: E402
 from _common import latency_table, paired_times, save, unlabelled_calibration_dir  # noqa: E402
+import compress_lite0  # noqa: E402
 from compress_lite0 import mcnemar  # noqa: E402
 
 IMAGENETTE = SHARED / "imagenette"
@@ -58,20 +59,7 @@ def build(name: str, work: Path, calib: Path) -> dict:
 
 
 def predictions(out: Path, x) -> dict:
-    """Top-1 per photo: each artifact in its runtime, and the fp32 network it was built from."""
-    import numpy as np
-
-    from edge.runner import TorchRunner
-    from edge.targets import TARGETS as REG
-    from edge.verification import reference_model
-
-    preds = {}
-    for t in TARGETS:
-        m = json.loads((out / t / "manifest.json").read_text())
-        preds[t] = np.argmax(next(iter(REG.get(t).load(out / t / m["artifact"], m).run(x).values())), 1)
-    spec, net = reference_model(m, folder=out / t)
-    preds["fp32"] = np.argmax(next(iter(TorchRunner(net, spec).run(x).values())), 1)
-    return preds
+    return compress_lite0.predictions(out, x, TARGETS)
 
 
 def network_figures(m: dict) -> dict:

@@ -271,10 +271,11 @@ class TFLiteBackend:
                 for tag, kind, ms, index in events:
                     if kind == "run":
                         run_ms.append(ms)
-                    elif kind == "op":  # an interpreter node (outside any delegate): op name, node index
-                        ops[(f"{tag} #{index}", tag)] = ops.get((f"{tag} #{index}", tag), 0.0) + ms
-                    else:  # an operator inside the XNNPACK delegate: XNNPACK's name, its index there
-                        ops[(f"XNNPACK #{index}", tag)] = ops.get((f"XNNPACK #{index}", tag), 0.0) + ms
+                        continue
+                    # an interpreter node (outside any delegate) by its op and node index; an operator
+                    # inside the XNNPACK delegate by its index there
+                    key = (f"{tag} #{index}" if kind == "op" else f"XNNPACK #{index}", tag)
+                    ops[key] = ops.get(key, 0.0) + ms
                 per_run.append(ops)
         except (StopIteration, RunnerError) as e:
             why = "the model's inputs differ between the interpreter and LiteRT" if isinstance(e, StopIteration) \
@@ -593,6 +594,22 @@ class _LiteRt:
                      "LiteRtDestroyOptions", "LiteRtDestroyEnvironment"):
             getattr(lib, name).argtypes, getattr(lib, name).restype = [P], None
         self.handles: list[tuple[str, object]] = []  # destroyed in reverse order
+        try:
+            self._open(path, threads)
+        except Exception:
+            self.close()
+            raise
+
+        class Event(C.Structure):  # ProfiledEventData (litert_profiler_event.h): 104 bytes on 64-bit
+            _fields_ = [("tag", C.c_char_p), ("event_type", C.c_int), ("start_us", C.c_uint64),
+                        ("elapsed_us", C.c_uint64), ("memory", C.c_int64 * 6), ("metadata1", C.c_uint64),
+                        ("metadata2", C.c_uint64), ("source", C.c_int)]
+        self.Event = Event
+
+    def _open(self, path: Path, threads: int) -> None:
+        C, P, lib = self.C, self.C.c_void_p, self.lib
+        libc = C.CDLL(None)
+        libc.strdup.restype, libc.strdup.argtypes = P, [C.c_char_p]
         with _quiet_stderr():  # LiteRT logs every accelerator it looks for at INFO
             env = self._make("LiteRtCreateEnvironment", 0, None, destroy="LiteRtDestroyEnvironment")
             model = self._make("LiteRtCreateModelFromFile", env, str(path).encode(), destroy="LiteRtDestroyModel")
@@ -600,8 +617,6 @@ class _LiteRt:
             self._check(lib.LiteRtSetOptionsHardwareAccelerators(opts, self.CPU), "select the CPU")
             for ident, toml in (("xnnpack", f"num_threads = {threads}\n"),
                                 ("runtime_options_string", "enable_profiling = true\n")):
-                libc = C.CDLL(None)
-                libc.strdup.restype, libc.strdup.argtypes = P, [C.c_char_p]
                 payload = libc.strdup(toml.encode())  # the runtime owns it and frees it with free()
                 opaque = self._make("LiteRtCreateOpaqueOptions", ident.encode(), payload, C.cast(libc.free, P))
                 self._check(lib.LiteRtAddOpaqueOptions(opts, opaque), f"add the {ident} options")
@@ -628,12 +643,6 @@ class _LiteRt:
             bufs[io] = arr
         self.ins, self.outs = bufs["Input"], bufs["Output"]
         self.profiler = self._make("LiteRtCompiledModelGetProfiler", self.model)
-
-        class Event(C.Structure):  # ProfiledEventData (litert_profiler_event.h): 104 bytes on 64-bit
-            _fields_ = [("tag", C.c_char_p), ("event_type", C.c_int), ("start_us", C.c_uint64),
-                        ("elapsed_us", C.c_uint64), ("memory", C.c_int64 * 6), ("metadata1", C.c_uint64),
-                        ("metadata2", C.c_uint64), ("source", C.c_int)]
-        self.Event = Event
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:
