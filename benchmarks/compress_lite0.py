@@ -7,6 +7,7 @@ Each configuration is one `edge build` on the command line, as a user runs it, t
     finetuned      --finetune                         (head, then the whole network)
     pruned-0.60    --finetune --prune-macs 0.6        (then distilled from the fine-tuned network)
     pruned-0.60-uniform   the same with --prune-allocation uniform (every layer group cut alike)
+    pruned-0.75    --finetune --prune-macs 0.75       (a milder cut, the same way)
     ...
 
 all `--int8 --target tflite,onnx,executorch`, calibrated on the first 500 photos of train/.
@@ -14,7 +15,7 @@ Then, per artifact: top-1 on the 4,000 eval photos in its own runtime (per photo
 test between any two), MACs and parameters from the manifest's stages, size, and p50 at 1 thread
 of the TFLite and ONNX artifacts, every artifact timed in one process, interleaved run by run.
 
-    python benchmarks/compress_lite0.py [--configs finetuned pruned-0.60] [--runs 200] [--work DIR]
+    python benchmarks/compress_lite0.py [--configs finetuned pruned-0.60 pruned-0.60-uniform pruned-0.75] [--runs 200] [--work DIR]
 
 --work (default benchmarks/sweeps/compress-lite0) keeps the builds; a configuration whose build
 folder holds manifests is not built again.
@@ -36,6 +37,7 @@ IMAGENETTE = SHARED / "imagenette"
 TARGETS = ("tflite", "onnx", "executorch")
 CONFIGS = {"finetuned": [], "pruned-0.60": ["--prune-macs", "0.6", "--distill-epochs", "2"],
            "pruned-0.60-uniform": ["--prune-macs", "0.6", "--prune-allocation", "uniform", "--distill-epochs", "2"],
+           "pruned-0.75": ["--prune-macs", "0.75", "--distill-epochs", "2"],
            "pruned-0.45": ["--prune-macs", "0.45", "--distill-epochs", "2"]}
 WARMUP = 20
 
@@ -96,7 +98,8 @@ def main() -> None:
     from tflite_vs_onnx import runner
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", default=["finetuned", "pruned-0.60"], choices=list(CONFIGS))
+    ap.add_argument("--configs", nargs="+", default=["finetuned", "pruned-0.60", "pruned-0.60-uniform", "pruned-0.75"],
+                    choices=list(CONFIGS))
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "sweeps" / "compress-lite0")
     ap.add_argument("--build-only", action="store_true")
