@@ -30,8 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import IMAGENET_SAMPLE, SHARED, accuracy_table, cli_build, environment, interleaved_times  # noqa: E402
 from _common import latency_table, paired_times, save, unlabelled_calibration_dir  # noqa: E402
-import compress_lite0  # noqa: E402
-from compress_lite0 import mcnemar  # noqa: E402
+from compress_lite0 import mcnemar, predictions as all_predictions  # noqa: E402
 
 IMAGENETTE = SHARED / "imagenette"
 TARGETS = ("tflite", "onnx")
@@ -59,7 +58,7 @@ def build(name: str, work: Path, calib: Path) -> dict:
 
 
 def predictions(out: Path, x) -> dict:
-    return compress_lite0.predictions(out, x, TARGETS)
+    return all_predictions(out, x, TARGETS)
 
 
 def network_figures(m: dict) -> dict:

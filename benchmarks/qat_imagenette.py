@@ -34,6 +34,7 @@ from prune_lite0_1000 import predictions  # noqa: E402
 
 IMAGENETTE = SHARED / "imagenette"
 TARGETS = ("tflite", "onnx")
+CONFIGS = ("ptq", "qat-distill", "qat-labelled")
 
 
 def calibration(dest: Path, n: int = 500) -> Path:
@@ -63,14 +64,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-steps", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "sweeps" / "qat-imagenette")
-    ap.add_argument("--configs", nargs="+", default=["ptq", "qat-distill", "qat-labelled"],
-                    choices=["ptq", "qat-distill", "qat-labelled"], help="ptq first")
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
+                    help="the QAT recipes to build (ptq, which every one is compared with, always is)")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     calib = calibration(a.work / "calib500")
     steps = ["--qat", "--max-steps", str(a.max_steps)]
     every = {"ptq": [], "qat-distill": steps, "qat-labelled": [*steps, "--train", str(IMAGENETTE / "train")]}
-    configs = {c: every[c] for c in a.configs}
+    configs = {c: every[c] for c in CONFIGS if c == "ptq" or c in a.configs}
     builds = {c: build(c, extra, a.work, calib) for c, extra in configs.items()}
     pre = MODELS.get("efficientnet_lite0").preprocess
     sets = {"imagenette-eval": load_labelled(IMAGENETTE / "eval"), "imagenet-sample": load_labelled(IMAGENET_SAMPLE)}
