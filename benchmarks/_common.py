@@ -88,6 +88,19 @@ def cli_build(out: Path, args: list[str], targets) -> dict:
     return info
 
 
+def class_labels(manifest: dict, labels):
+    """Labels in a build's classes: a --finetune build's class map turns ImageNet indices (as
+    imagenette's labels.csv gives them) into its own classes; a build that kept the model's classes
+    has no map and the labels stand."""
+    import numpy as np
+
+    ft = next((s for s in manifest["stages"] if s["stage"] == "finetune"), None)
+    if ft is None:
+        return np.asarray(labels)
+    cmap = {int(k): v for k, v in ft["class_map"].items()}
+    return np.array([cmap[int(v)] for v in labels])
+
+
 def accuracy_table(tests: dict) -> list[str]:
     """Markdown rows of paired accuracy tests ({"b vs a": compress_lite0.mcnemar(a, b, labels)})."""
     return ["Paired accuracy (McNemar's exact test; 95% bootstrap interval of b - a):", "",

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import SHARED, accuracy_table, cli_build, environment, interleaved_times, latency_table  # noqa: E402
+from _common import SHARED, accuracy_table, class_labels, cli_build, environment, interleaved_times, latency_table  # noqa: E402
 from _common import paired_times, save  # noqa: E402
 from lite0_imagenette import calibration_dir  # noqa: E402
 
@@ -91,8 +91,6 @@ def mcnemar(a, b, labels) -> dict:
 
 
 def main() -> None:
-    import numpy as np
-
     from edge.data import load_images, load_labelled
     from edge.models import MODELS
     from tflite_vs_onnx import runner
@@ -118,9 +116,7 @@ def main() -> None:
         out = a.work / c
         p = predictions(out, x)
         m0 = json.loads((out / "tflite" / "manifest.json").read_text())
-        # the build's own class map turns imagenette's ImageNet indices into the fine-tuned classes
-        cmap = {int(k): v for k, v in next(s for s in m0["stages"] if s["stage"] == "finetune")["class_map"].items()}
-        labels = np.array([cmap[int(v)] for v in ds.labels])
+        labels = class_labels(m0, ds.labels)
         figs = stage_figures(m0)
         for t, y in p.items():
             preds[f"{c} {t}"] = y

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, SHARED, environment, save  # noqa: E402
+from _common import RESULTS, SHARED, class_labels, environment, save  # noqa: E402
 
 # name: (residual streams kept whole, least-squares samples (0: none), classifier re-fitted)
 RECIPES = {"every group": (False, 0, False), "residual streams kept whole": (True, 0, False),
@@ -68,9 +68,8 @@ def finetuned(reference: Path):
 
     m = json.loads((reference / "manifest.json").read_text())
     spec, teacher = reference_model(m, folder=reference)
-    cmap = {int(k): v for k, v in next(s for s in m["stages"] if s["stage"] == "finetune")["class_map"].items()}
     data = training.training_set(str(SHARED / "imagenette" / "train"), None, spec)
-    data = training.TrainSet(data.arrays, np.array([cmap[int(v)] for v in data.labels]), data.source, data.image)
+    data = training.TrainSet(data.arrays, class_labels(m, data.labels), data.source, data.image)
     return (spec, teacher, *training.split(data, 0.1, np.random.default_rng(0)))
 
 

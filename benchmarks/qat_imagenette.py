@@ -39,13 +39,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import IMAGENET_SAMPLE, SHARED, accuracy_table, cli_build, environment, save  # noqa: E402
+from _common import IMAGENET_SAMPLE, SHARED, accuracy_table, class_labels, cli_build, environment  # noqa: E402
+from _common import save  # noqa: E402
 from compress_lite0 import mcnemar, predictions  # noqa: E402
 
 IMAGENETTE = SHARED / "imagenette"
 TARGETS = ("tflite", "onnx", "executorch", "torchscript-mobile")
 CONFIGS = ("ptq", "qat-distill", "qat-labelled", "ft-ptq", "ft-qat")
 FINETUNED = ("ft-ptq", "ft-qat")  # 10 classes; the rest keep ImageNet's 1000
+SHOWN = ("data", "objective", "steps", "lr", "loss_start", "loss_end", "holdout", "selected_step")
 
 
 def calibration(dest: Path, n: int = 500) -> Path:
@@ -65,6 +67,17 @@ def targets_of(out: Path) -> tuple[str, ...]:
     """The targets a finished build folder holds (reused as it is), else every target."""
     have = tuple(t for t in TARGETS if (out / t / "manifest.json").is_file())
     return have if have and (out / "build.json").is_file() else TARGETS
+
+
+def qat_records(out: Path, targets) -> dict:
+    """A build's QAT as its manifests record it: the qat stage (the FX recipe) and, for a .pte,
+    ExecuTorch's own PT2E training; {} for a PTQ build."""
+    m = json.loads((out / targets[0] / "manifest.json").read_text())
+    recs = {"fx": s for s in m["stages"] if s["stage"] == "qat"}
+    if recs and "executorch" in targets:
+        pte = json.loads((out / "executorch" / "manifest.json").read_text())
+        recs["pt2e"] = pte["target_details"]["quantization"]["qat"]
+    return recs
 
 
 def build(name: str, extra: list[str], work: Path, calib: Path) -> dict:
@@ -107,7 +120,7 @@ def main() -> None:
         for net, (base, members, set_names) in groups.items():
             if not members or sname not in set_names:
                 continue
-            labels = class_labels(a.work / base, ds.labels)
+            labels = class_labels(json.loads((a.work / base / "tflite" / "manifest.json").read_text()), ds.labels)
             preds = {c: predictions(a.work / c, x, builds[c]["targets"]) for c in members}
             rows.append({"set": sname, "network": net, "config": "fp32", "artifact": "pytorch", "photos": len(labels),
                          "top1": round(100 * float((preds[base]["fp32"] == labels).mean()), 2)})
@@ -121,8 +134,7 @@ def main() -> None:
                     tests[f"{sname}, {net}: {t} {q} vs {base}"] = mcnemar(preds[base][t], preds[q][t], labels)
                 for c in [c for c in members if t in builds[c]["targets"]]:
                     tests[f"{sname}, {net}: {t} {c} vs fp32"] = mcnemar(preds[base]["fp32"], preds[c][t], labels)
-    qat = {c: next((s for s in json.loads((a.work / c / "tflite" / "manifest.json").read_text())["stages"]
-                    if s["stage"] == "qat"), None) for c in configs}
+    qat = {c: qat_records(a.work / c, builds[c]["targets"]) for c in configs}
     env = environment()
     md = ["# QAT against PTQ on imagenette, EfficientNet-Lite0, every target (`benchmarks/qat_imagenette.py`)", "",
           f"Machine: {env['machine']['processor']}, {env['machine']['cpu_count']} cores, load average at start "
@@ -136,25 +148,15 @@ def main() -> None:
     md += ["", "Each build's fp32 network gives the same top-1 per photo as its PTQ counterpart's (the same "
            f"fine-tune, deterministic): {all(same_fp32.values())}", ""]
     md += [*accuracy_table(tests)]
-    md += ["", "QAT as the builds recorded it:", ""]
-    md += [f"- {c}: {json.dumps({k: v for k, v in s.items() if k in ('objective', 'steps', 'best_step', 'lr', 'data', 'recipe', 'held_out')})}"
-           for c, s in qat.items() if s]
+    md += ["", "QAT as the builds recorded it (fx: the recipe the `.ptl` converts and the other targets "
+           "quantize the float network of; pt2e: ExecuTorch's own training; loss: means over the first and last "
+           "quarter of the steps):", ""]
+    md += [f"- {c} {flow}: {json.dumps({k: v for k, v in r.items() if k in SHOWN})}"
+           for c, recs in qat.items() for flow, r in recs.items()]
     md += ["", "Builds:", ""] + [f"- {c}: `{b.get('command', '(reused)')}`" for c, b in builds.items()]
     save("qat_imagenette", {"rows": rows, "accuracy_tests": tests, "same_fp32": same_fp32, "qat": qat,
                             "builds": builds, "max_steps": a.max_steps, "environment": env}, "\n".join(md) + "\n")
 
-
-def class_labels(out: Path, labels) -> "np.ndarray":
-    """The eval labels in the build's classes: its fine-tune's class map turns imagenette's ImageNet
-    indices into the new classes; a build that kept ImageNet's 1000 has none."""
-    import numpy as np
-
-    m = json.loads((out / "tflite" / "manifest.json").read_text())
-    ft = next((s for s in m["stages"] if s["stage"] == "finetune"), None)
-    if ft is None:
-        return np.asarray(labels)
-    cmap = {int(k): v for k, v in ft["class_map"].items()}
-    return np.array([cmap[int(v)] for v in labels])
 
 if __name__ == "__main__":
     main()
